@@ -1,0 +1,181 @@
+"""Policy losses: one registry, one signature.
+
+Every loss is ``fn(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator) -> (loss, stats)``:
+``b`` holds per-position tensors of shape ``(B, T)`` (tokens of completions, or control steps
+with ``T = 1``), ``hp`` the hyper-parameters of all losses (each reads its own), ``agg`` the loss
+aggregation bound to the global batch denominators. ``stats`` is a dict of detached scalar tensors
+with uniform names (``clip_frac_low``, ``clip_frac_high``, ``approx_kl``, ``ratio_mean``,
+``ratio_max``, ...), never synced to the host here.
+
+Losses are written as quantities to *minimise*; ``r = exp(logp - logp_old)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from policyopt.config import in_range, nonneg, opt, optional, positive
+from policyopt.losses.aggregation import Aggregator, masked_max, masked_mean
+from policyopt.registry import Registry
+
+POLICY_LOSSES: Registry = Registry("policy loss")
+
+
+@dataclass
+class PolicyLossConfig:
+    clip_eps_low: float = opt(0.2, "lower clip range: ratio >= 1 - eps_low", check=in_range(0, 1))
+    clip_eps_high: float | None = opt(None, "upper clip range (None = clip_eps_low; > low is DAPO clip-higher)",
+                                      check=optional(nonneg))
+    dual_clip_c: float = opt(3.0, "dual-clip bound c > 1 for negative advantages", check=in_range(1, math.inf,
+                                                                                                  lo_open=True))
+    gspo_eps_low: float = opt(3e-4, "GSPO sequence-ratio lower clip range", check=in_range(0, 1))
+    gspo_eps_high: float = opt(4e-4, "GSPO sequence-ratio upper clip range", check=nonneg)
+    drift_coef: float = opt(0.1, "CPGD policy-drift coefficient alpha (KL(pi_old || pi))", check=nonneg)
+    proximal_coef: float = opt(1.0, "MDPO 1/t_k: weight of KL(pi || pi_old)", check=nonneg)
+    opmd_tau: float = opt(1.0, "OPMD regularization tau", check=positive)
+
+    @property
+    def eps_high(self) -> float:
+        return self.clip_eps_low if self.clip_eps_high is None else self.clip_eps_high
+
+
+@dataclass
+class PolicyBatch:
+    """Per-position inputs to a policy loss, all ``(B, T)``; ``logp`` carries the gradient."""
+
+    logp: Tensor
+    logp_old: Tensor
+    advantages: Tensor
+    mask: Tensor
+    kl_old: Tensor | None = None  # exact KL(pi || pi_old) per position (differentiable), if the trainer has it
+    logp_ref: Tensor | None = None
+
+    @staticmethod
+    def from_steps(logp: Tensor, logp_old: Tensor, advantages: Tensor, kl_old: Tensor | None = None) -> PolicyBatch:
+        """Control data: one position per step, shape ``(N,)`` -> ``(N, 1)`` with a full mask."""
+        col = (lambda x: None if x is None else x.reshape(-1, 1))
+        return PolicyBatch(col(logp), col(logp_old), col(advantages), torch.ones_like(col(logp)), col(kl_old))
+
+
+@torch.no_grad()
+def ratio_stats(log_ratio: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Statistics every loss reports: approximate KL(pi_old || pi) (k3 form) and ratio mean/max."""
+    ratio = log_ratio.exp()
+    return {
+        "approx_kl": masked_mean(ratio - 1 - log_ratio, mask),
+        "ratio_mean": masked_mean(ratio, mask),
+        "ratio_max": masked_max(ratio, mask),
+    }
+
+
+@torch.no_grad()
+def clip_stats(ratio: Tensor, adv: Tensor, mask: Tensor, lo: float, hi: float) -> dict[str, Tensor]:
+    """Fractions of positions whose gradient the clip removed, on each side."""
+    low = ((ratio < lo) & (adv < 0)).to(ratio.dtype)
+    high = ((ratio > hi) & (adv > 0)).to(ratio.dtype)
+    return {"clip_frac_low": masked_mean(low, mask), "clip_frac_high": masked_mean(high, mask),
+            "clip_frac": masked_mean(low + high, mask)}
+
+
+def _clipped_surrogate(ratio: Tensor, adv: Tensor, lo: float, hi: float) -> Tensor:
+    return torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, lo, hi))
+
+
+@POLICY_LOSSES.register("pg")
+def pg(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
+    """Vanilla policy gradient ``-A * logp`` (Williams, 1992, REINFORCE; A2C)."""
+    loss = agg(-b.advantages * b.logp, b.mask)
+    return loss, ratio_stats((b.logp - b.logp_old).detach(), b.mask)
+
+
+@POLICY_LOSSES.register("ppo_clip")
+def ppo_clip(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
+    """PPO clipped surrogate ``max(-A r, -A clip(r, 1-eps_low, 1+eps_high))`` (Schulman et al., 2017,
+    "Proximal Policy Optimization Algorithms"); ``eps_high > eps_low`` is DAPO's clip-higher."""
+    log_ratio = b.logp - b.logp_old
+    ratio = log_ratio.exp()
+    lo, hi = 1 - hp.clip_eps_low, 1 + hp.eps_high
+    loss = agg(_clipped_surrogate(ratio, b.advantages, lo, hi), b.mask)
+    return loss, {**ratio_stats(log_ratio.detach(), b.mask), **clip_stats(ratio.detach(), b.advantages, b.mask,
+                                                                          lo, hi)}
+
+
+@POLICY_LOSSES.register("dual_clip")
+def dual_clip(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
+    """Dual-clip PPO (Ye et al., 2020, "Mastering Complex Control in MOBA Games with Deep RL"): for
+    ``A < 0`` the clipped surrogate is further capped at ``-c * A`` so a huge ratio cannot dominate."""
+    log_ratio = b.logp - b.logp_old
+    ratio = log_ratio.exp()
+    lo, hi = 1 - hp.clip_eps_low, 1 + hp.eps_high
+    surr = _clipped_surrogate(ratio, b.advantages, lo, hi)
+    capped = torch.minimum(surr, -hp.dual_clip_c * b.advantages)
+    per = torch.where(b.advantages < 0, capped, surr)
+    stats = {**ratio_stats(log_ratio.detach(), b.mask), **clip_stats(ratio.detach(), b.advantages, b.mask, lo, hi)}
+    stats["dual_clip_frac"] = masked_mean(((b.advantages < 0) & (ratio.detach() > hp.dual_clip_c)).float(), b.mask)
+    return agg(per, b.mask), stats
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
+    """CISPO (MiniMax-M1, 2025): clip the importance weight, not the update:
+    ``-sg(clip(r, 1-eps_low, 1+eps_high)) * A * logp``; every token keeps a gradient."""
+    log_ratio = b.logp - b.logp_old
+    ratio = log_ratio.exp()
+    lo, hi = 1 - hp.clip_eps_low, 1 + hp.eps_high
+    weight = torch.clamp(ratio.detach(), lo, hi)
+    loss = agg(-weight * b.advantages * b.logp, b.mask)
+    return loss, {**ratio_stats(log_ratio.detach(), b.mask), **clip_stats(ratio.detach(), b.advantages, b.mask,
+                                                                          lo, hi)}
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
+    """GSPO (Zheng et al., 2025, "Group Sequence Policy Optimization"), token form: the sequence ratio
+    ``s_i = exp(mean_t (logp - logp_old))`` is clipped with a small range; each token carries
+    ``sg(s_i) * exp(logp_t - sg(logp_t))`` so its value is ``s_i`` and its gradient ``s_i * grad logp_t``,
+    which with seq-mean-token-mean aggregation equals the sequence-level GSPO gradient."""
+    m = b.mask.to(b.logp.dtype)
+    log_ratio = b.logp - b.logp_old
+    seq_lr = (log_ratio * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)
+    s = seq_lr.exp()
+    tok_ratio = s.detach() * torch.exp(b.logp - b.logp.detach())
+    lo, hi = 1 - hp.gspo_eps_low, 1 + hp.gspo_eps_high
+    loss = agg(_clipped_surrogate(tok_ratio, b.advantages, lo, hi), b.mask)
+    s_tok = s.detach().expand_as(b.logp)
+    stats = {**ratio_stats(log_ratio.detach(), b.mask), **clip_stats(s_tok, b.advantages, b.mask, lo, hi)}
+    stats["seq_ratio_mean"] = s.detach().mean()
+    return loss, stats
+
+
+@POLICY_LOSSES.register("cpgd")
+def cpgd(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
+    """CPGD (Liu et al., 2025, "CPGD: Toward Stable Rule-based RL for Language Models"): a policy-gradient
+    loss on the log-ratio, clipped in log space, ``max(-A log r, -A clip(log r, log(1-eps), log(1+eps)))``,
+    plus a policy-drift penalty ``alpha * KL(pi_old || pi)`` (k3 estimate on samples of pi_old)."""
+    log_ratio = b.logp - b.logp_old
+    lo, hi = math.log(1 - hp.clip_eps_low), math.log(1 + hp.eps_high)
+    surr = torch.maximum(-b.advantages * log_ratio, -b.advantages * torch.clamp(log_ratio, lo, hi))
+    # KL(pi_old || pi) with samples from pi_old: E_old[r - 1 - log r] (non-negative, unbiased).
+    drift = log_ratio.exp() - 1 - log_ratio
+    loss = agg(surr + hp.drift_coef * drift, b.mask)
+    ratio = log_ratio.detach().exp()
+    stats = {**ratio_stats(log_ratio.detach(), b.mask),
+             **clip_stats(ratio, b.advantages, b.mask, 1 - hp.clip_eps_low, 1 + hp.eps_high),
+             "drift": masked_mean(drift.detach(), b.mask)}
+    return loss, stats
+
+
+@POLICY_LOSSES.register("kl_proximal")
+def kl_proximal(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
+    """On-policy MDPO (Tomar et al., 2022, "Mirror Descent Policy Optimization"):
+    ``-A r + (1/t_k) KL(pi || pi_old)``. Uses the exact per-state KL when the trainer supplies
+    ``b.kl_old``; otherwise the sample estimate ``r log r`` (unbiased for KL(pi || pi_old) under pi_old)."""
+    log_ratio = b.logp - b.logp_old
+    ratio = log_ratio.exp()
+    kl = b.kl_old if b.kl_old is not None else ratio * log_ratio
+    loss = agg(-b.advantages * ratio + hp.proximal_coef * kl, b.mask)
+    return loss, {**ratio_stats(log_ratio.detach(), b.mask), "proximal_kl": masked_mean(kl.detach(), b.mask)}
