@@ -197,7 +197,7 @@ def validate(cfg, prefix: str = "") -> None:
         if choices is not None and v is not None:
             names = choices.names() if hasattr(choices, "names") else list(choices)
             if v not in names:
-                raise UserError(f"config key {key!r}: invalid value {v!r}; valid choices: {', '.join(map(str, names))}")
+                raise UserError(f"config key {key!r}: {UnknownChoice('value', v, names)}")
         check = f.metadata.get("check")
         if check is not None:
             msg = check(v)

@@ -63,15 +63,15 @@ class Aggregator:
 
     mode: str
     num_seqs: float
-    num_tokens: float
+    num_tokens: float | Tensor  # a 0-d tensor is fine: no host sync is needed
     const_len: float
 
     @classmethod
     def for_batch(cls, mode: str, mask: Tensor, const_len: float | None = None) -> Aggregator:
-        """Bind ``mode`` to the denominators of the *whole* batch ``mask`` (one host sync, once)."""
+        """Bind ``mode`` to the denominators of the *whole* batch ``mask`` (no host sync)."""
         AGGREGATIONS.get(mode)
         m = mask if mask.dim() > 1 else mask[:, None]
-        n_tokens = float(m.sum().clamp(min=1).item())
+        n_tokens = m.sum().to(torch.float64 if m.dtype == torch.float64 else torch.float32).clamp(min=1).detach()
         return cls(mode, float(max(m.shape[0], 1)), n_tokens, float(const_len or m.shape[-1]))
 
     def __call__(self, x: Tensor, mask: Tensor) -> Tensor:

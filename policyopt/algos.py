@@ -1,0 +1,80 @@
+"""The algorithm registry: every preset (ppo, a2c, sac, grpo, ...) is a named choice per box.
+
+An :class:`Algorithm` names its config dataclass, its preset overrides, per-environment (or per-task)
+tuned settings, and its train/evaluate functions by import path, so ``policyopt list`` and config
+validation never import a heavy trainer (transformers, MuJoCo) they do not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policyopt.config import load_yaml, resolve
+from policyopt.errors import UserError
+from policyopt.registry import Registry
+
+
+@dataclass
+class Algorithm:
+    name: str
+    family: str  # "control/on-policy", "control/off-policy", "lm"
+    config: type
+    trainer: str  # "module:function"; train(cfg, run_dir, resume=False) -> dict of final results
+    evaluator: str  # "module:function"; evaluate(run_dir, episodes=..., video=...) -> dict
+    doc: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # tuned overrides per env id / task
+    target_key: str = "env_id"  # the config key set by --env (control) or --task (lm)
+
+    def load(self, which: str) -> Callable:
+        module, _, fn = (self.trainer if which == "train" else self.evaluator).partition(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+
+# Modules whose import registers algorithms (light: configs and presets only).
+_FAMILIES = ["policyopt.control.presets", "policyopt.control.offpolicy_presets", "policyopt.lm.presets"]
+
+
+def load_all() -> Registry[Algorithm]:
+    for mod in _FAMILIES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    return ALGORITHMS
+
+
+def register(algo: Algorithm) -> Algorithm:
+    return ALGORITHMS.register(algo.name, algo)
+
+
+def get(name: str) -> Algorithm:
+    load_all()
+    return ALGORITHMS.get(name)
+
+
+def build_config(name: str, *, config_file: str | Path | None = None, sets: Mapping[str, Any] | None = None,
+                 flags: Mapping[str, Any] | None = None):
+    """Resolve an algorithm's config: dataclass defaults < preset < tuned env/task preset < YAML file
+    < ``--set`` pairs < explicit flags (``--env``, ``--seed``, ``--total-steps``...)."""
+    algo = get(name)
+    file_layer = load_yaml(config_file) if config_file else {}
+    sets = dict(sets or {})
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    fields = {f for f in algo.config.__dataclass_fields__}
+    for k in flags:
+        if k not in fields:
+            raise UserError(f"option for {k!r} does not apply to algorithm {name!r} ({algo.family})")
+    target = flags.get(algo.target_key, sets.get(algo.target_key, file_layer.get(algo.target_key,
+                                                                                   algo.defaults.get(algo.target_key))))
+    if target is None:
+        target = getattr(algo.config(), algo.target_key, None)
+    tuned = algo.presets.get(str(target), {}) if target is not None else {}
+    return resolve(algo.config(), algo.defaults, tuned, file_layer, sets, flags)

@@ -1,0 +1,1 @@
+"""The ``policyopt`` command line: train, eval, list (and bench/report)."""

@@ -1,0 +1,1 @@
+"""Control: Gymnasium vector environments, normalizers, actor-critic networks and trainers."""

@@ -1,0 +1,81 @@
+"""Policy evaluation on a separate vector env: normalizers frozen, deterministic actions by default."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policyopt.control.envs import AutoresetTracker, make_vec_env, seeds_for
+from policyopt.errors import UserError
+
+EVAL_SEED_OFFSET = 10_000
+
+
+@torch.no_grad()
+def evaluate(act: Callable[[torch.Tensor], torch.Tensor], env_id: str, episodes: int, seed: int,
+             num_envs: int = 8, env_kwargs: dict | None = None, video_dir: str | Path | None = None) -> dict:
+    """Run ``episodes`` full episodes; ``act(raw_obs) -> env action`` (the caller applies its frozen
+    observation normalizer). Episodes are split evenly across sub-envs in advance (so short episodes
+    are not over-counted). Returns mean/std/min/max of the undiscounted return and mean length."""
+    if video_dir is not None:
+        return _evaluate_video(act, env_id, episodes, seed, env_kwargs, Path(video_dir))
+    n = max(1, min(num_envs, episodes))
+    env = make_vec_env(env_id, n, seed + EVAL_SEED_OFFSET, env_kwargs=env_kwargs)
+    try:
+        target = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+        done_count = np.zeros(n, dtype=np.int64)
+        tracker = AutoresetTracker(n)
+        obs, _ = env.reset(seed=seeds_for(seed + EVAL_SEED_OFFSET, n))
+        returns, lengths = [], []
+        while (done_count < target).any():
+            action = act(torch.as_tensor(obs, dtype=torch.float32))
+            obs, r, term, trunc, _ = env.step(action.numpy())
+            valid = ~tracker.pending
+            ended = (term | trunc) & valid
+            _, finished = tracker.step(r, term, trunc)
+            for i, (ret, length) in zip(np.flatnonzero(ended), finished):
+                if done_count[i] < target[i]:
+                    returns.append(ret)
+                    lengths.append(length)
+                done_count[i] += 1
+    finally:
+        env.close()
+    return _summary(returns, lengths)
+
+
+def _summary(returns: list[float], lengths: list[int]) -> dict:
+    r = np.asarray(returns, dtype=np.float64)
+    return {"return_mean": float(r.mean()), "return_std": float(r.std()), "return_min": float(r.min()),
+            "return_max": float(r.max()), "length_mean": float(np.mean(lengths)), "episodes": len(returns)}
+
+
+def _evaluate_video(act, env_id: str, episodes: int, seed: int, env_kwargs: dict | None, video_dir: Path) -> dict:
+    import gymnasium as gym
+
+    try:
+        import moviepy  # noqa: F401
+    except ImportError:
+        raise UserError("--video needs moviepy: pip install 'policyopt[video]'") from None
+    env = gym.make(env_id, render_mode="rgb_array", **(env_kwargs or {}))
+    env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda i: True, disable_logger=True)
+    returns, lengths = [], []
+    try:
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET + ep)
+            ret, length, done = 0.0, 0, False
+            while not done:
+                a = act(torch.as_tensor(obs, dtype=torch.float32)[None])[0]
+                obs, r, term, trunc, _ = env.step(a.numpy())
+                ret += float(r)
+                length += 1
+                done = term or trunc
+            returns.append(ret)
+            lengths.append(length)
+    finally:
+        env.close()
+    out = _summary(returns, lengths)
+    out["videos"] = sorted(str(p) for p in video_dir.glob("*.mp4"))
+    return out

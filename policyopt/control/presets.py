@@ -1,0 +1,67 @@
+"""On-policy control presets: ppo, a2c and reinforce are one trainer with different boxes.
+
+Tuned per-environment settings follow rl-baselines3-zoo where noted (translated: SB3's value loss
+is the plain MSE with ``vf_coef`` 0.5, ours is ``0.5 * MSE``, so SB3's 0.5 becomes our 1.0) and
+openai/baselines' MuJoCo defaults for the MuJoCo tasks.
+"""
+
+from __future__ import annotations
+
+from policyopt.algos import Algorithm, register
+from policyopt.control.onpolicy import OnPolicyConfig
+
+TRAIN, EVAL = "policyopt.control.onpolicy:train", "policyopt.control.onpolicy:evaluate_run"
+
+# openai/baselines PPO2 MuJoCo settings (also CleanRL's ppo_continuous_action.py).
+_MUJOCO_PPO = dict(num_envs=1, n_steps=2048, minibatch_size=64, epochs=10, learning_rate=3e-4, gamma=0.99,
+                   gae_lambda=0.95, ent_coef=0.0, vf_coef=0.5, vf_clip=0.2, clip_schedule="constant",
+                   norm_obs=True, norm_reward=True, total_steps=1_000_000, checkpoint_every=100_000)
+
+PPO_PRESETS = {
+    # rl-zoo3 CartPole-v1: 8 envs, n_steps 32, batch 256, lambda 0.8, gamma 0.98, 20 epochs, lin 1e-3, lin clip 0.2
+    "CartPole-v1": dict(num_envs=8, n_steps=32, minibatch_size=256, gae_lambda=0.8, gamma=0.98, epochs=20,
+                        ent_coef=0.0, learning_rate=1e-3, lr_schedule="linear", clip_schedule="linear",
+                        vf_coef=1.0, vf_clip=None, total_steps=100_000, checkpoint_every=20_000),
+    # rl-zoo3 Acrobot-v1: normalize, 16 envs, n_steps 256, lambda 0.94, 4 epochs, batch 64 (SB3 default)
+    "Acrobot-v1": dict(num_envs=16, n_steps=256, minibatch_size=64, gae_lambda=0.94, gamma=0.99, epochs=4,
+                       ent_coef=0.0, learning_rate=3e-4, lr_schedule="constant", clip_schedule="constant",
+                       vf_coef=1.0, vf_clip=None, norm_obs=True, norm_reward=True, total_steps=1_000_000),
+    # rl-zoo3 LunarLander: 16 envs, n_steps 1024, batch 64, lambda 0.98, gamma 0.999, 4 epochs, ent 0.01
+    "LunarLander-v3": dict(num_envs=16, n_steps=1024, minibatch_size=64, gae_lambda=0.98, gamma=0.999, epochs=4,
+                           ent_coef=0.01, learning_rate=3e-4, lr_schedule="constant", clip_schedule="constant",
+                           vf_coef=1.0, vf_clip=None, total_steps=1_000_000),
+    "Pendulum-v1": dict(num_envs=4, n_steps=1024, minibatch_size=64, gae_lambda=0.95, gamma=0.9, epochs=10,
+                        ent_coef=0.0, learning_rate=1e-3, lr_schedule="linear", clip_schedule="constant",
+                        vf_coef=1.0, vf_clip=None, norm_obs=True, norm_reward=True, total_steps=200_000),
+    "HalfCheetah-v5": dict(_MUJOCO_PPO),
+    "Hopper-v5": dict(_MUJOCO_PPO),
+    "Walker2d-v5": dict(_MUJOCO_PPO),
+}
+
+register(Algorithm(
+    name="ppo", family="control/on-policy", config=OnPolicyConfig, trainer=TRAIN, evaluator=EVAL,
+    doc="PPO, clipped surrogate + GAE (Schulman et al., 2017, 'Proximal Policy Optimization Algorithms')",
+    presets=PPO_PRESETS))
+
+# A2C: one gradient step per rollout on the whole batch, plain policy gradient, RMSprop, no advantage
+# normalization (Mnih et al., 2016, "Asynchronous Methods for Deep RL"; SB3's synchronous defaults).
+A2C = dict(policy_loss="pg", n_steps=5, num_envs=8, epochs=1, minibatch_size=40, learning_rate=7e-4,
+           lr_schedule="constant", optimizer="rmsprop", gae_lambda=1.0, adv_norm="none", ent_coef=0.0,
+           vf_coef=1.0, vf_clip=None, max_grad_norm=0.5)
+register(Algorithm(
+    name="a2c", family="control/on-policy", config=OnPolicyConfig, trainer=TRAIN, evaluator=EVAL,
+    doc="A2C, synchronous advantage actor-critic (Mnih et al., 2016, 'Asynchronous Methods for Deep RL')",
+    defaults=A2C,
+    presets={"CartPole-v1": dict(total_steps=500_000, checkpoint_every=100_000),
+             "Acrobot-v1": dict(num_envs=16, minibatch_size=80, norm_obs=True, total_steps=500_000)}))
+
+# REINFORCE with a learned value baseline: Monte-Carlo returns, one gradient step per batch of episodes.
+REINFORCE = dict(policy_loss="pg", advantage="mc", num_envs=8, n_steps=500, epochs=1, minibatch_size=4000,
+                 learning_rate=3e-3, lr_schedule="constant", adv_norm="batch", ent_coef=0.0, vf_coef=0.5,
+                 vf_clip=None, max_grad_norm=0.5)
+register(Algorithm(
+    name="reinforce", family="control/on-policy", config=OnPolicyConfig, trainer=TRAIN, evaluator=EVAL,
+    doc="REINFORCE with a value baseline (Williams, 1992)",
+    defaults=REINFORCE,
+    presets={"CartPole-v1": dict(total_steps=300_000, checkpoint_every=100_000),
+             "Acrobot-v1": dict(total_steps=500_000, norm_obs=True)}))
