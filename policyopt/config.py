@@ -159,30 +159,30 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def set_key(cfg, key: str, value: Any, *, what: str = "config"):
+def set_key(cfg, key: str, value: Any, *, what: str = "config", prefix: str = ""):
     """Return a copy of dataclass ``cfg`` with dotted ``key`` set to ``value`` (coerced)."""
     head, _, rest = key.partition(".")
     fields = _fields(cfg)
     if head not in fields:
-        raise UnknownChoice(f"{what} key", key, fields)
+        raise UnknownChoice(f"{what} key", prefix + key, [prefix + f for f in fields])
     hints = typing.get_type_hints(type(cfg))
     current = getattr(cfg, head)
     if dataclasses.is_dataclass(current):
         if not rest:
             if isinstance(value, Mapping):
                 for k, v in flatten(value).items():
-                    current = set_key(current, k, v, what=what)
+                    current = set_key(current, k, v, what=what, prefix=f"{prefix}{head}.")
                 return dataclasses.replace(cfg, **{head: current})
             raise UserError(f"config key {key!r} is a section; set one of its keys, e.g. {key}.<name>=...")
-        return dataclasses.replace(cfg, **{head: set_key(current, rest, value, what=what)})
+        return dataclasses.replace(cfg, **{head: set_key(current, rest, value, what=what, prefix=f"{prefix}{head}.")})
     tp = hints[head]
     if rest:  # free-form dict fields accept dotted sub-keys
         if typing.get_origin(tp) is dict or tp is dict:
             new = dict(current or {})
             new[rest] = value
             return dataclasses.replace(cfg, **{head: new})
-        raise UnknownChoice(f"{what} key", key, fields)
-    return dataclasses.replace(cfg, **{head: coerce(value, tp, key)})
+        raise UnknownChoice(f"{what} key", prefix + key, [prefix + f for f in fields])
+    return dataclasses.replace(cfg, **{head: coerce(value, tp, prefix + key)})
 
 
 def validate(cfg, prefix: str = "") -> None:

@@ -310,10 +310,11 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
                        eval=last_eval["return_mean"] if last_eval else None)
 
     envs.close()
+    train_seconds = time.time() - t_start
     final = run_eval()
     logger.close()
     result = {"eval_return_mean": final["return_mean"], "eval_return_std": final["return_std"],
-              "steps": global_step, "train_seconds": round(time.time() - t_start, 2)}
+              "steps": global_step, "train_seconds": round(train_seconds, 3)}
     atomic_write_text(run_dir / "eval.json", json.dumps({**final, "step": global_step}, indent=2))
     return result
 

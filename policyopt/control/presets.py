@@ -32,7 +32,7 @@ PPO_PRESETS = {
                            vf_coef=1.0, vf_clip=None, total_steps=1_000_000),
     "Pendulum-v1": dict(num_envs=4, n_steps=1024, minibatch_size=64, gae_lambda=0.95, gamma=0.9, epochs=10,
                         ent_coef=0.0, learning_rate=1e-3, lr_schedule="linear", clip_schedule="constant",
-                        vf_coef=1.0, vf_clip=None, norm_obs=True, norm_reward=True, total_steps=200_000),
+                        vf_coef=1.0, vf_clip=None, norm_obs=True, norm_reward=True, total_steps=100_000),
     "HalfCheetah-v5": dict(_MUJOCO_PPO),
     "Hopper-v5": dict(_MUJOCO_PPO),
     "Walker2d-v5": dict(_MUJOCO_PPO),
