@@ -148,7 +148,8 @@ def test_discounted_returns_truncation_termination_rollout_end():
 def test_discounted_returns_valid_mask():
     # env 0 of the autoreset example above: G_3 = 1 + 0.9*3 = 3.7, G_2 = 0 (invalid),
     # G_1 = 2 (terminated), G_0 = 1 + 0.9 * 2 = 2.8
-    g = F.discounted_returns(t(VALID_R), t(VALID_NV), t([[0], [1], [0], [0]]), t([[0]] * 4), 0.9, valid=t(VALID))
+    g = F.discounted_returns(t(VALID_R), t(VALID_NV), t([[0], [1], [0], [0]]), t([[0]] * 4), 0.9,
+                             valid=t(VALID))
     close(g, [[2.8], [2.0], [0.0], [3.7]])
 
 
@@ -271,7 +272,7 @@ def test_whiten_unmasked_and_degenerate():
 # ======================================================================== token helpers
 def test_broadcast_and_last_token_index():
     mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 1, 1]])
-    close(F.broadcast_to_tokens(t([2.0, 3.0, -1.0]), mask), [[2.0, 2.0, 0.0], [0.0, 0.0, 0.0], [-1.0, -1.0, -1.0]])
+    close(F.broadcast_to_tokens(t([2.0, 3.0, -1.0]), mask), [[2.0, 2.0, 0.0], [0.0] * 3, [-1.0] * 3])
     close(F.broadcast_to_tokens(t([2.0, 3.0, -1.0]), mask.to(D)), [[2.0, 2.0, 0.0], [0.0] * 3, [-1.0] * 3])
     assert F.last_token_index(mask).tolist() == [1, 0, 2]
     assert F.last_token_index(torch.tensor([[0, 1, 0, 1, 0]])).tolist() == [3]
@@ -403,7 +404,8 @@ def test_adapter_missing_inputs_raise():
     with pytest.raises(ValueError, match="group_ids"):
         ADVANTAGES.get("grpo")(AdvantageInputs(rewards=t([1.0])), AdvantageConfig())
     with pytest.raises(ValueError, match="reward_components"):
-        ADVANTAGES.get("gdpo")(AdvantageInputs(rewards=t([1.0]), group_ids=torch.tensor([0])), AdvantageConfig())
+        x = AdvantageInputs(rewards=t([1.0]), group_ids=torch.tensor([0]))
+        ADVANTAGES.get("gdpo")(x, AdvantageConfig())
 
 
 def test_adapter_grpo_broadcasts_to_mask():

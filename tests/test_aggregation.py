@@ -36,7 +36,7 @@ def test_registry_holds_the_four_modes():
 def test_modes_hand_example(mode, expected):
     assert aggregate(t(X), t(MASK), mode).item() == pytest.approx(expected)
     agg = Aggregator.for_batch(mode, t(MASK))
-    assert (agg.num_seqs, agg.num_tokens, agg.const_len) == (2.0, 3.0, 3.0)
+    assert (float(agg.num_seqs), float(agg.num_tokens), float(agg.const_len)) == (2.0, 3.0, 3.0)
     assert agg(t(X), t(MASK)).item() == pytest.approx(expected)
     # bool / int masks give the same answer
     assert agg(t(X), torch.tensor(MASK).bool()).item() == pytest.approx(expected)

@@ -59,7 +59,8 @@ def run(name: str, b: PolicyBatch, hp: PolicyLossConfig | None = None, mode: str
 
 
 def test_registry_has_all_losses():
-    assert {"pg", "ppo_clip", "dual_clip", "cispo", "gspo", "cpgd", "kl_proximal"} <= set(POLICY_LOSSES.names())
+    names = {"pg", "ppo_clip", "dual_clip", "cispo", "gspo", "cpgd", "kl_proximal"}
+    assert names <= set(POLICY_LOSSES.names())
     with pytest.raises(UnknownChoice):
         POLICY_LOSSES.get("ppo")
 
@@ -124,6 +125,13 @@ def test_ppo_clip_from_steps():
     # r = 1.5 for both: A=1 -> clipped -1.2 (grad 0); A=-1 -> max(1.5, 1.2) = 1.5 (grad -A r = 1.5)
     assert loss.item() == pytest.approx((-1.2 + 1.5) / 2)
     close(grad, [[0.0], [1.5 / 2]])
+    # a step mask (e.g. autoreset steps) drops the second step: loss -1.2 / 1, no gradient anywhere
+    b = PolicyBatch.from_steps(t([-1.0, -2.0]).requires_grad_(True), t([-1.0, -2.0]) - math.log(1.5),
+                               t([1.0, -1.0]), mask=torch.tensor([True, False]))
+    loss, grad, _ = run("ppo_clip", b)
+    assert b.mask.dtype == D and b.mask.flatten().tolist() == [1.0, 0.0]
+    assert loss.item() == pytest.approx(-1.2)
+    close(grad, [[0.0], [0.0]])
 
 
 # ============================================================================ dual_clip
@@ -150,7 +158,8 @@ def test_dual_clip_caps_negative_advantages():
 # ============================================================================ cispo
 def test_cispo_keeps_gradient_on_clipped_tokens():
     # weight = sg(clip(r, 0.8, 1.2)) = [[1.0, 1.2, 0.8], [1.1, 0.8, .]]; per token -w A logp:
-    #   -1*1*(-1) = 1, -1.2*1*(-2) = 2.4, -0.8*(-1)*(-0.5) = -0.4, -1.1*(-2)*(-1.5) = -3.3, -0.8*0.5*(-0.3) = 0.12
+    #   -1*1*(-1) = 1, -1.2*1*(-2) = 2.4, -0.8*(-1)*(-0.5) = -0.4,
+    #   -1.1*(-2)*(-1.5) = -3.3, -0.8*0.5*(-0.3) = 0.12
     loss, grad, stats = run("cispo", make_batch())
     assert loss.item() == pytest.approx((1 + 2.4 - 0.4 - 3.3 + 0.12) / N)
     # gradient -w A / N, nonzero on the two clipped tokens (0,1) and (0,2)
@@ -263,7 +272,6 @@ def test_kl_proximal_explicit_kl_old():
     hp = PolicyLossConfig(proximal_coef=2.0)
     loss, stats = POLICY_LOSSES.get("kl_proximal")(b, hp, Aggregator.for_batch("token-mean", b.mask))
     g_logp, g_kl = torch.autograd.grad(loss, [b.logp, kl_param])
-    toks = [(1.0, 1.0), (1.5, 1.0), (0.5, -1.0), (1.1, -2.0), (0.7, 0.5)]
     # -A r summed = -1 - 1.5 + 0.5 + 2.2 - 0.35 = -0.15 ; 2 * (0.1+0.2+0.3+0.4+0.5) = 3.0
     assert loss.item() == pytest.approx((-0.15 + 3.0) / N)
     close(g_logp, [[-1.0 / N, -1.5 / N, 0.5 / N], [2.2 / N, -0.35 / N, 0.0]])
