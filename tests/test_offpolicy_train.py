@@ -1,0 +1,123 @@
+"""Off-policy trainer: exact resume, CLI train/eval/resume, presets, and SAC/TD3 learning Pendulum-v1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from policyopt import algos
+from policyopt.runs.checkpoint import load_checkpoint
+from policyopt.runs.rundir import checkpoint_path
+
+TINY = dict(
+    actor_hidden=(16, 16),
+    critic_hidden=(16, 16),
+    batch_size=32,
+    learning_starts=64,
+    tensorboard=False,
+    progress=False,
+    eval_episodes=2,
+)
+
+
+def _cfg(algo, **kw):
+    return algos.build_config(algo, sets={**TINY, **kw}, flags={"env_id": "Pendulum-v1"})
+
+
+@pytest.mark.parametrize(
+    "algo, extra",
+    [
+        ("sac", {"n_step": 3}),
+        ("fasttd3", {"num_envs": 4, "batch_size": 64}),
+        ("mdpo_off", {"mdpo_refresh_every": 20, "mdpo_anneal": False}),
+    ],
+)
+def test_resume_is_exact(tmp_path, algo, extra):
+    """Kill/restart equivalence: stopping at a checkpoint boundary (simulated by a shorter budget) and
+    resuming gives bit-identical parameters, targets and buffer. (MDPO's step-size annealing depends on the
+    total budget, which a real kill keeps; the shorter-budget simulation needs it off.)"""
+    from policyopt.control.offpolicy import train
+
+    full = _cfg(algo, total_steps=400, checkpoint_every=200, **extra)
+    train(full, tmp_path / "a")
+    train(_cfg(algo, total_steps=200, checkpoint_every=200, **extra), tmp_path / "b")  # "killed" at 200
+    train(full, tmp_path / "b", resume=True)
+    a, b = load_checkpoint(checkpoint_path(tmp_path / "a")), load_checkpoint(checkpoint_path(tmp_path / "b"))
+    assert a["counters"] == b["counters"] and a["counters"]["num_updates"] > 0
+    for key in ("actor", "critic", "critic_target"):
+        for name, t in a[key].items():
+            torch.testing.assert_close(t, b[key][name], rtol=0, atol=0, msg=f"{key}.{name}")
+    torch.testing.assert_close(a["buffer"]["obs"], b["buffer"]["obs"], rtol=0, atol=0)
+    # and it really trained: parameters moved from the step-200 checkpoint
+    assert a["counters"]["vec_step"] * full.num_envs == 400
+
+
+def test_cli_train_eval_resume(cli, tmp_path):
+    run = tmp_path / "run"
+    sets = [
+        "--set",
+        "actor_hidden=[16,16]",
+        "--set",
+        "critic_hidden=[16,16]",
+        "--set",
+        "tensorboard=false",
+        "--set",
+        "learning_starts=50",
+        "--set",
+        "eval_episodes=2",
+        "--set",
+        "checkpoint_every=100",
+    ]
+    code, out, err = cli(
+        "train",
+        "sac",
+        "--env",
+        "Pendulum-v1",
+        "--total-steps",
+        "200",
+        "--no-progress",
+        "--out",
+        str(run),
+        *sets,
+    )
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["steps"] == 200
+    code, out, err = cli("eval", str(run), "--episodes", "2")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["episodes"] == 2 and -2000 < res["return_mean"] < 0
+    code, out, err = cli("train", "--resume", str(run), "--total-steps", "300", "--no-progress")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["steps"] == 300
+    code, _, err = cli("train", "td3", "--env", "CartPole-v1", "--out", str(tmp_path / "x"), "--no-progress")
+    assert code == 2 and "Box" in err  # discrete actions: one-line user error
+
+
+def test_presets_registered_with_env_presets():
+    for name in ("sac", "td3", "ddpg", "fasttd3", "mdpo_off"):
+        algo = algos.get(name)
+        assert algo.family == "control/off-policy"
+        for env in ("Pendulum-v1", "MountainCarContinuous-v0", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5"):
+            assert env in algo.presets, (name, env)
+            algos.build_config(name, flags={"env_id": env})  # resolves and validates
+    ddpg = algos.build_config("ddpg")
+    assert ddpg.n_critics == 1 and ddpg.target_noise == 0 and ddpg.policy_delay == 1
+    fast = algos.build_config("fasttd3")
+    assert fast.critic == "c51" and fast.num_envs > 1 and fast.batch_size >= 1024
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo, steps", [("sac", 8000), ("td3", 10000)])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_learns_pendulum(tmp_path, algo, steps, seed):
+    from policyopt.control.offpolicy import train
+
+    cfg = algos.build_config(
+        algo,
+        sets={"tensorboard": False, "progress": False, "checkpoint_every": 0},
+        flags={"env_id": "Pendulum-v1", "seed": seed, "total_steps": steps},
+    )
+    res = train(cfg, tmp_path)
+    assert res["eval_return_mean"] >= -250, res
