@@ -1,0 +1,118 @@
+"""The LM trainer's typed config (light: no transformers import)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from policyopt.advantages import ADVANTAGES
+from policyopt.config import in_range, nonneg, opt, optional, positive
+from policyopt.errors import UserError
+from policyopt.lm import algorithms  # noqa: F401  (registers opmd/asymre/bnpo/spo)
+from policyopt.lm.tasks import check_task
+from policyopt.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, PolicyLossConfig
+
+BUILTIN_MODELS = ("tiny-llama", "tiny-qwen2")
+
+
+@dataclass
+class LMConfig:
+    """GRPO-family trainer on a Hugging Face causal LM. Defaults: the embedded addition task on a tiny
+    Llama built from a config, char tokenizer shipped in the repo, runs on 2 CPU cores."""
+
+    # what to train on
+    task: str = opt("addition", "task: addition | addition3 | rg:<reasoning-gym name>", check=check_task)
+    dataset: str | None = opt(None, "JSONL / datasets file with prompt,answer rows (overrides task)")
+    model: str = opt("tiny-llama", "tiny-llama | tiny-qwen2 | local model folder | config.json path")
+    tokenizer: str | None = opt(
+        None, "tokenizer folder (default: the model's, else the shipped char tokenizer)"
+    )
+    seed: int = opt(0, "random seed")
+    total_steps: int = opt(100, "RL optimizer steps (one rollout batch each)", check=positive)
+    rewards: dict = opt({}, "reward name -> weight (empty = the task's default, e.g. exact_match: 1)")
+    accuracy_reward: str | None = opt(None, "reward component counted as accuracy (default: the first)")
+    # model
+    lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning)", check=nonneg)
+    lora_alpha: float = opt(16.0, "LoRA alpha", check=positive)
+    # supervised warm-start
+    sft_steps: int = opt(1500, "supervised warm-start steps before RL (0 = none)", check=nonneg)
+    sft_batch: int = opt(64, "warm-start batch size", check=positive)
+    sft_lr: float = opt(3e-3, "warm-start learning rate", check=positive)
+    # rollouts
+    prompts_per_step: int = opt(32, "prompts per RL step", check=positive)
+    group_size: int = opt(8, "completions per prompt (G)", check=positive)
+    temperature: float = opt(0.7, "sampling temperature (train-time log-probs use the same)", check=positive)
+    top_p: float = opt(1.0, "nucleus sampling p", check=in_range(0, 1, lo_open=True))
+    max_new_tokens: int = opt(6, "max completion tokens", check=positive)
+    stop: list[str] = opt([], "stop strings (besides EOS)")
+    # advantages and loss
+    advantage: str = opt("grpo", "advantage estimator", choices=ADVANTAGES)
+    std_eps: float = opt(1e-6, "epsilon added to the group std", check=nonneg)
+    policy_loss: str = opt("ppo_clip", "policy loss", choices=POLICY_LOSSES)
+    loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
+    aggregation: str = opt("seq-mean-token-mean", "loss aggregation", choices=AGGREGATIONS)
+    const_len: int | None = opt(
+        None, "Dr. GRPO constant length (default max_new_tokens)", check=optional(positive)
+    )
+    beta: float = opt(0.0, "KL-to-reference coefficient (0 = no reference model)", check=nonneg)
+    kl_estimator: str = opt("k3", "KL estimator for the reference term", choices=KL_ESTIMATORS)
+    kl_in_reward: bool = opt(False, "put beta * k1 KL in the token rewards (REINFORCE++) instead of the loss")
+    ent_coef: float = opt(0.0, "entropy bonus coefficient", check=nonneg)
+    old_logp: str = opt(
+        "recompute",
+        "pi_old: recompute with the train-time forward, or the sampler's log-probs",
+        choices=("recompute", "sampler"),
+    )
+    # data selection extras
+    dynamic_sampling: bool = opt(False, "DAPO: drop groups with identical rewards and refill")
+    max_gen_batches: int = opt(3, "dynamic sampling: generation batches per step at most", check=positive)
+    overlong_buffer: int = opt(0, "DAPO overlong shaping buffer L_buf in tokens (0 = off)", check=nonneg)
+    overlong_factor: float = opt(1.0, "DAPO overlong penalty factor", check=nonneg)
+    mask_truncated: bool = opt(False, "DAPO overlong filtering: no loss on truncated completions")
+    cppo_keep: int = opt(0, "CPPO: keep the k completions with largest |A| per group (0 = off)", check=nonneg)
+    d3s_keep: int = opt(0, "D3S: keep the k completions maximizing Var(A) per group (0 = off)", check=nonneg)
+    forking_top_frac: float = opt(
+        0.0, "80/20: train only on the top fraction of high-entropy tokens (0 = off)", check=in_range(0, 1)
+    )
+    seed_alpha: float = opt(0.0, "SEED-GRPO semantic-entropy scaling alpha (0 = off)", check=nonneg)
+    # optimization
+    learning_rate: float = opt(3e-4, "RL learning rate (AdamW)", check=positive)
+    weight_decay: float = opt(0.0, "AdamW weight decay", check=nonneg)
+    epochs: int = opt(1, "optimizer passes over each rollout batch", check=positive)
+    mini_batches: int = opt(
+        1, "optimizer steps per epoch (the rollout batch split into this many)", check=positive
+    )
+    micro_batch_size: int = opt(64, "sequences per forward/backward (gradient accumulation)", check=positive)
+    max_grad_norm: float | None = opt(1.0, "gradient norm clipping (None = off)", check=optional(positive))
+    # evaluation, logging, runtime
+    eval_size: int = opt(200, "held-out prompts", check=positive)
+    eval_k: int = opt(4, "samples per prompt for pass@k", check=positive)
+    eval_every: int = opt(0, "evaluate every N RL steps (0 = before and after only)", check=nonneg)
+    checkpoint_every: int = opt(20, "checkpoint every N RL steps (0 = end only)", check=nonneg)
+    log_samples: int = opt(4, "sample completions written to samples.jsonl per step", check=nonneg)
+    threads: int = opt(1, "torch CPU threads (1 is fastest for tiny models on shared cores)", check=positive)
+    tensorboard: bool = opt(True, "write TensorBoard event files")
+    progress: bool | None = opt(None, "live progress bar (None = when stderr is a terminal)")
+
+    def validate(self) -> None:
+        if (
+            self.advantage in ("grpo", "dr_grpo", "rloo", "gdpo", "bnpo", "reinforce_pp_baseline")
+            and self.group_size < 2
+        ):
+            raise UserError(
+                f"config key 'group_size'={self.group_size}: advantage {self.advantage!r} needs "
+                "group_size >= 2"
+            )
+        for k in ("cppo_keep", "d3s_keep"):
+            if getattr(self, k) and getattr(self, k) >= self.group_size:
+                raise UserError(
+                    f"config key {k!r}={getattr(self, k)} must be < group_size ({self.group_size})"
+                )
+        if self.overlong_buffer >= self.max_new_tokens and self.overlong_buffer:
+            raise UserError(f"config key 'overlong_buffer'={self.overlong_buffer} must be < max_new_tokens")
+        for k, v in self.rewards.items():
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                try:
+                    self.rewards[k] = float(v)
+                except (TypeError, ValueError):
+                    raise UserError(f"config key 'rewards.{k}' must be a number, got {v!r}") from None

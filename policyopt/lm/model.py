@@ -1,0 +1,106 @@
+"""Models: tiny Llama/Qwen2 built from a config, or any local AutoModelForCausalLM; optional LoRA (peft);
+a frozen reference model only when a KL term is active (under LoRA: the adapter-disabled base)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import torch
+
+from policyopt.errors import UserError
+from policyopt.lm.tokenizer import ASSET, load_char_tokenizer
+
+
+def _tiny_config(kind: str, tok):
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return LlamaConfig(**common) if kind == "tiny-llama" else Qwen2Config(**common)
+
+
+def load_tokenizer(model: str, tokenizer: str | None):
+    from transformers import AutoTokenizer
+
+    src = tokenizer
+    if (
+        src is None
+        and Path(model).is_dir()
+        and any((Path(model) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    ):
+        src = model
+    if src is None:
+        tok = load_char_tokenizer()
+    else:
+        if not Path(src).exists():
+            raise UserError(f"tokenizer not found: {src!r}")
+        tok = AutoTokenizer.from_pretrained(src)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.eos_token is None:
+        raise UserError(f"tokenizer {src or str(ASSET)!r} has no EOS token")
+    return tok
+
+
+def build_model(model: str, tok, seed: int):
+    """``tiny-llama`` / ``tiny-qwen2`` (random init from ``seed``), a model folder, or a config.json."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    if model in ("tiny-llama", "tiny-qwen2"):
+        return AutoModelForCausalLM.from_config(_tiny_config(model, tok))
+    p = Path(model)
+    if p.is_dir() and (p / "config.json").exists():
+        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
+            return AutoModelForCausalLM.from_pretrained(str(p))
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(p)))
+    if p.is_file() and p.suffix == ".json":
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(p)))
+    raise UserError(f"model {model!r} is not tiny-llama, tiny-qwen2, a model folder or a config.json path")
+
+
+def add_lora(model, r: int, alpha: float):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UserError("LoRA needs peft: pip install 'policyopt[lm]'") from None
+    cfg = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, cfg)
+
+
+class Reference:
+    """Log-probs under a frozen reference: a copy of the initial model, or the adapter-disabled base."""
+
+    def __init__(self, model, lora: bool):
+        self.lora = lora
+        self.model = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
+        self.policy = model
+
+    def context(self):
+        return self.policy.disable_adapter() if self.lora else contextlib.nullcontext()
+
+    def forward_model(self):
+        return self.policy if self.lora else self.model
+
+
+def save_pretrained(model, tok, out: Path, lora: bool) -> None:
+    """Save a plain transformers model (LoRA merged into a copy) + tokenizer to ``out``."""
+    m = copy.deepcopy(model).merge_and_unload() if lora else model
+    m.save_pretrained(str(out))
+    tok.save_pretrained(str(out))

@@ -1,0 +1,176 @@
+"""Language-model presets (GRPO family): one trainer, different boxes from the shared core.
+
+Light at import: configs and registrations only (no transformers). Conventions (see the README):
+group std is Bessel-corrected (as TRL/verl), singleton groups get advantage 0, the ratio is per token
+unless the loss says otherwise, and aggregation denominators are global over the rollout batch.
+"""
+
+from __future__ import annotations
+
+from policyopt.algos import Algorithm, register
+from policyopt.lm.config import LMConfig
+
+TRAIN, EVAL = "policyopt.lm.trainer:train", "policyopt.lm.trainer:evaluate_run"
+_TWO = {"exact_match": 1.0, "format": 0.5}  # two reward components (GDPO's setting)
+
+
+def _reg(name: str, doc: str, **defaults) -> None:
+    register(
+        Algorithm(
+            name=name,
+            family="lm",
+            config=LMConfig,
+            trainer=TRAIN,
+            evaluator=EVAL,
+            doc=doc,
+            defaults=defaults,
+            target_key="task",
+        )
+    )
+
+
+_reg(
+    "grpo",
+    "GRPO: group mean/std advantage, PPO clip, seq-mean-token-mean, optional k3 KL (DeepSeekMath, "
+    "Shao et al. 2024)",
+    advantage="grpo",
+    policy_loss="ppo_clip",
+    aggregation="seq-mean-token-mean",
+)
+_reg(
+    "dr_grpo",
+    "Dr. GRPO: no std scaling, constant-length token-sum normalization, no KL (Liu et al. 2025, "
+    "'Understanding R1-Zero-Like Training')",
+    advantage="dr_grpo",
+    policy_loss="ppo_clip",
+    aggregation="seq-mean-token-sum-norm",
+    beta=0.0,
+)
+_reg(
+    "dapo",
+    "DAPO: clip-higher 0.2/0.28, token-mean, dynamic sampling, overlong shaping + filtering (Yu et al. 2025)",
+    advantage="grpo",
+    policy_loss="ppo_clip",
+    aggregation="token-mean",
+    loss={"clip_eps_low": 0.2, "clip_eps_high": 0.28},
+    dynamic_sampling=True,
+    overlong_buffer=2,
+    mask_truncated=True,
+    beta=0.0,
+)
+_reg(
+    "gspo",
+    "GSPO: sequence-level (length-normalized) ratio and clip (Zheng et al. 2025)",
+    advantage="grpo",
+    policy_loss="gspo",
+    aggregation="seq-mean-token-mean",
+)
+_reg(
+    "cispo",
+    "CISPO: clipped, stop-gradient IS weight times log-prob, token-mean (MiniMax-M1 2025)",
+    advantage="grpo",
+    policy_loss="cispo",
+    aggregation="token-mean",
+    loss={"clip_eps_low": 0.2, "clip_eps_high": 4.0},
+)
+_reg(
+    "cpgd",
+    "CPGD: clipped log-ratio policy gradient + policy drift (Liu et al. 2025)",
+    advantage="grpo",
+    policy_loss="cpgd",
+    aggregation="token-mean",
+)
+_reg(
+    "rloo",
+    "RLOO: leave-one-out baseline (Ahmadian et al. 2024, 'Back to Basics')",
+    advantage="rloo",
+    policy_loss="ppo_clip",
+    aggregation="token-mean",
+)
+_reg(
+    "reinforce_pp",
+    "REINFORCE++: token KL in reward, reward-to-go, batch whitening (Hu 2025)",
+    advantage="reinforce_pp",
+    policy_loss="ppo_clip",
+    aggregation="token-mean",
+    beta=0.01,
+    kl_in_reward=True,
+    kl_estimator="k1",
+)
+_reg(
+    "reinforce_pp_baseline",
+    "REINFORCE++-baseline: group-mean baseline then batch whitening (Hu 2025)",
+    advantage="reinforce_pp_baseline",
+    policy_loss="ppo_clip",
+    aggregation="token-mean",
+)
+_reg(
+    "opmd",
+    "OPMD: REINFORCE with group baseline + quadratic log-ratio regularizer (REC, Yao et al. 2025)",
+    advantage="dr_grpo",
+    policy_loss="opmd",
+    aggregation="token-mean",
+)
+_reg(
+    "asymre",
+    "AsymRE: REINFORCE with a shifted (asymmetric) baseline (Arnal et al. 2025; REC)",
+    advantage="dr_grpo",
+    policy_loss="asymre",
+    aggregation="token-mean",
+)
+_reg(
+    "bnpo",
+    "BNPO: Beta-density reward normalization (Xiao et al. 2025)",
+    advantage="bnpo",
+    policy_loss="ppo_clip",
+    aggregation="token-mean",
+)
+_reg(
+    "gdpo",
+    "GDPO: each reward component group-normalized separately, summed, batch-whitened (seed 004)",
+    advantage="gdpo",
+    policy_loss="ppo_clip",
+    aggregation="seq-mean-token-mean",
+    rewards=_TWO,
+)
+_reg(
+    "spo",
+    "SPO: group-free, persistent per-prompt Beta tracker baseline, prioritized prompts (Xu & Ding 2025)",
+    advantage="spo",
+    policy_loss="ppo_clip",
+    aggregation="token-mean",
+    group_size=1,
+    prompts_per_step=64,
+)
+_reg(
+    "cppo",
+    "CPPO: keep the k completions with largest |A| per group (Lin et al. 2025)",
+    advantage="grpo",
+    policy_loss="ppo_clip",
+    aggregation="seq-mean-token-mean",
+    cppo_keep=4,
+)
+_reg(
+    "forking_tokens",
+    "80/20: loss only on the top-20% highest-entropy tokens (Wang et al. 2025)",
+    advantage="grpo",
+    policy_loss="ppo_clip",
+    aggregation="token-mean",
+    forking_top_frac=0.2,
+)
+_reg(
+    "d3s",
+    "D^3S (simplified): per-group subset maximizing Var(A) (seeds 001/004)",
+    advantage="grpo",
+    policy_loss="ppo_clip",
+    aggregation="seq-mean-token-mean",
+    d3s_keep=4,
+)
+_reg(
+    "seed_grpo",
+    "SEED-GRPO: advantages scaled by 1 - alpha*semantic entropy/max (Chen et al. 2025)",
+    advantage="grpo",
+    policy_loss="ppo_clip",
+    aggregation="seq-mean-token-mean",
+    seed_alpha=1.0,
+)

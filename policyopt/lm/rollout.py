@@ -1,0 +1,159 @@
+"""Rollouts with the model's own ``generate`` (KV cache) and train-time log-probs.
+
+A rollout holds per-sample token lists; :func:`collate` turns any subset into a padded batch:
+prompts left-padded to ``P``, completions right-padded to ``L``; ``position_ids`` follow the
+attention mask exactly as ``generate`` computes them, so recomputed log-probs match the sampler's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from policyopt.lm import fastgen
+from policyopt.losses import entropy_from_logits
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # up to and including EOS
+    sampler_logp: list[Tensor]  # per completion token, under the (temperature / top-p) sampling distribution
+    truncated: Tensor  # (B,) bool: hit max_new_tokens without EOS / stop
+    prompt_index: Tensor  # (B,) index of the prompt row in the task
+    group_ids: Tensor  # (B,)
+    completions: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def select(self, keep: Tensor) -> Rollout:
+        idx = keep.nonzero().flatten().tolist() if keep.dtype == torch.bool else keep.tolist()
+        return Rollout(
+            [self.prompt_ids[i] for i in idx],
+            [self.completion_ids[i] for i in idx],
+            [self.sampler_logp[i] for i in idx],
+            self.truncated[idx],
+            self.prompt_index[idx],
+            self.group_ids[idx],
+            [self.completions[i] for i in idx],
+        )
+
+    @staticmethod
+    def cat(parts: list[Rollout]) -> Rollout:
+        return Rollout(
+            sum((p.prompt_ids for p in parts), []),
+            sum((p.completion_ids for p in parts), []),
+            sum((p.sampler_logp for p in parts), []),
+            torch.cat([p.truncated for p in parts]),
+            torch.cat([p.prompt_index for p in parts]),
+            torch.cat([p.group_ids for p in parts]),
+            sum((p.completions for p in parts), []),
+        )
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tok,
+    prompts: list[str],
+    prompt_index: Tensor,
+    group_offset: int,
+    G: int,
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    stop: list[str] | None = None,
+    greedy: bool = False,
+) -> Rollout:
+    """``G`` completions for each prompt in one batched ``generate`` call."""
+    rep = [p for p in prompts for _ in range(G)]
+    enc = tok(rep, return_tensors="pt", padding=True, add_special_tokens=False)
+    P = enc["input_ids"].shape[1]
+    kw = dict(
+        do_sample=not greedy,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        return_dict_in_generate=True,
+        output_scores=not greedy,
+    )
+    if not greedy:
+        kw.update(temperature=temperature, top_p=top_p, top_k=0)
+    if stop:
+        kw.update(stop_strings=list(stop), tokenizer=tok)
+    model.eval()
+    if fastgen.supported(model, top_p, stop):
+        seq, tok_logp = fastgen.sample(
+            model,
+            enc["input_ids"],
+            enc["attention_mask"],
+            max_new_tokens=max_new_tokens,
+            eos_id=tok.eos_token_id,
+            pad_id=tok.pad_token_id,
+            temperature=temperature,
+            greedy=greedy,
+        )
+    else:
+        out = model.generate(**enc, **kw)
+        seq = out.sequences[:, P:]
+        if not greedy:
+            logps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # (B, T, V)
+            tok_logp = logps.gather(-1, seq[:, : logps.shape[1], None]).squeeze(-1)
+    pid, cids, slp, trunc = [], [], [], []
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    for row, lp_row in zip(seq.tolist(), tok_logp if not greedy else [None] * len(seq)):
+        # a completion ends at its first EOS; without EOS, only *trailing* pads (a sequence that
+        # generate finished on a stop string) are cut, a pad sampled mid-sequence stays content
+        if eos in row:
+            n, stopped = row.index(eos) + 1, True
+        else:
+            n = len(row)
+            while n > 0 and row[n - 1] == pad and pad != eos:
+                n -= 1
+            stopped = n < len(row)
+        cids.append(row[:n])
+        slp.append(lp_row[:n].clone() if lp_row is not None else torch.zeros(n))
+        trunc.append(not stopped and n >= max_new_tokens)
+    for i in range(seq.shape[0]):
+        m = enc["attention_mask"][i].bool()
+        pid.append(enc["input_ids"][i][m].tolist())
+    texts = tok.batch_decode([c for c in cids], skip_special_tokens=True)
+    groups = torch.arange(len(prompts)).repeat_interleave(G) + group_offset
+    return Rollout(pid, cids, slp, torch.tensor(trunc), prompt_index.repeat_interleave(G), groups, texts)
+
+
+def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, L: int | None = None):
+    """``(input_ids, attention_mask, position_ids, completion_mask, P)``; completions start at column P."""
+    P = max(len(p) for p in prompt_ids)
+    L = L or max(max(len(c) for c in completion_ids), 1)
+    B = len(prompt_ids)
+    ids = torch.full((B, P + L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + L), dtype=torch.long)
+    cmask = torch.zeros((B, L))
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        ids[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p) : P] = 1
+        if c:
+            ids[i, P : P + len(c)] = torch.tensor(c, dtype=torch.long)
+            attn[i, P : P + len(c)] = 1
+            cmask[i, : len(c)] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ids, attn, pos, cmask, P
+
+
+def token_logp(
+    model, ids: Tensor, attn: Tensor, pos: Tensor, P: int, temperature: float, with_entropy: bool = False
+):
+    """Per-completion-token log-probs (and entropies) under ``softmax(logits / temperature)``."""
+    logits = (
+        model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float()
+        / temperature
+    )
+    tgt = ids[:, P:]
+    logp = torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).squeeze(-1)
+    ent = entropy_from_logits(logits) if with_entropy else None
+    return logp, ent

@@ -1,0 +1,280 @@
+"""LM trainer pieces and the CLI end to end on the tiny embedded model (seconds each)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from policyopt import algos
+from policyopt.cli.main import main
+from policyopt.errors import UserError
+from policyopt.lm.rewards import RewardError, RewardSet
+from policyopt.lm.tasks import load_rows, load_task
+
+transformers = pytest.importorskip("transformers")
+
+FAST = [
+    "--set",
+    "sft_steps=20",
+    "--set",
+    "eval_size=16",
+    "--set",
+    "prompts_per_step=4",
+    "--set",
+    "group_size=4",
+    "--set",
+    "eval_k=2",
+    "--no-progress",
+]
+
+
+def test_builtin_rewards_and_components():
+    rs = RewardSet({"exact_match": 1.0, "format": 0.5})
+    total, comps = rs(["1+2=", "1+2=", "1+2="], ["3", "4", "x3"], {"answer": ["3", "3", "3"]})
+    assert comps.tolist() == [[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]
+    assert total.tolist() == [1.5, 0.5, 0.0]
+    rs = RewardSet({"numeric": 1.0})
+    assert rs(["q", "q"], ["about 3.0000001 I think", "2"], {"answer": ["3", "3"]})[0].tolist() == [1.0, 0.0]
+
+
+def test_math_verify_reward():
+    pytest.importorskip("math_verify")
+    rs = RewardSet({"math_verify": 1.0})
+    total, _ = rs(["q", "q"], ["$\\frac{1}{2}$", "$0.3$"], {"answer": ["0.5", "0.5"]})
+    assert total.tolist() == [1.0, 0.0]
+
+
+def bad_reward(prompts, completions, **_):
+    return [1.0 / (len(c) - 2) for c in completions]  # ZeroDivisionError on 2-char completions
+
+
+def test_reward_error_names_function_and_sample():
+    rs = RewardSet({"tests.test_lm_trainer:bad_reward": 1.0})
+    with pytest.raises(RewardError, match=r"bad_reward.*ZeroDivisionError.*sample 1 .*completion='ab'"):
+        rs(["p0", "p1"], ["abc", "ab"], {})
+    with pytest.raises(UserError, match="unknown reward function"):
+        RewardSet({"nope": 1.0})
+
+
+def test_tasks_split_and_jsonl(tmp_path):
+    t = load_task("addition", None, 0, 100)
+    assert len(t.test) == 100 and not {r["prompt"] for r in t.test} & {r["prompt"] for r in t.train}
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps({"prompt": f"{i}*2=", "answer": str(2 * i)}) for i in range(10)))
+    assert len(load_rows(p)) == 10
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')
+    with pytest.raises(UserError, match="needs 'prompt' and 'answer'"):
+        load_rows(tmp_path / "bad.jsonl")
+
+
+def test_sampler_and_train_time_logprobs_agree():
+    from policyopt.lm.rollout import collate, generate, token_logp
+    from policyopt.lm.trainer import setup
+
+    cfg = algos.build_config("grpo", sets={"eval_size": 8})
+    _, tok, _, _, model = setup(cfg)
+    torch.manual_seed(0)
+    ro = generate(
+        model, tok, ["1+2=", "34+56="], torch.arange(2), 0, 3, temperature=0.7, top_p=1.0, max_new_tokens=5
+    )
+    ids, attn, pos, cmask, P = collate(ro.prompt_ids, ro.completion_ids, tok.pad_token_id, 5)
+    with torch.no_grad():
+        lp, _ = token_logp(model, ids, attn, pos, P, 0.7)
+    sampler = torch.zeros_like(cmask)
+    for i, s in enumerate(ro.sampler_logp):
+        sampler[i, : len(s)] = s
+    assert cmask.sum() > 0
+    assert ((lp - sampler).abs() * cmask).max() < 1e-4
+    assert ro.truncated.dtype == torch.bool and len(ro.completions) == 6
+
+
+def test_cli_train_eval_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "grpo", "--out", str(out), "--total-steps", "2", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out accuracy before RL" in printed and "held-out accuracy after RL" in printed
+    names = {line.split(",")[2] for line in (out / "metrics.csv").read_text().splitlines()[1:]}
+    for n in (
+        "reward/mean",
+        "reward/exact_match_mean",
+        "groups/zero_variance_frac",
+        "adv/std",
+        "adv/abs_max",
+        "stats/clip_frac_low",
+        "stats/clip_frac_high",
+        "stats/entropy",
+        "completion/truncation_rate",
+        "perf/gen_tokens_per_s",
+        "perf/train_tokens_per_s",
+        "stats/logp_mismatch",
+        "eval/accuracy",
+    ):
+        assert n in names, n
+    assert (out / "samples.jsonl").read_text().count("\n") >= 4
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out / "model"))  # plain transformers
+    assert model.config.num_hidden_layers == 2
+    assert main(["eval", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= res["accuracy"] <= 1 and "pass@2" in res and res["decoding"] == "greedy"
+    assert main(["eval", str(out), "--stochastic"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["decoding"] == "sampled" and 0 <= res["accuracy"] <= 1
+    assert main(["train", "--resume", str(out), "--total-steps", "3", "--no-progress"]) == 0
+    steps = [int(line.split(",")[0]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert max(steps) == 3 and len(set(steps) & {1, 2, 3}) == 3
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["train", "grpo", "--set", "group_size=1"], "group_size"),
+        (["train", "grpo", "--dataset", "/nonexistent.jsonl", "--set", "sft_steps=0"], "dataset not found"),
+        (["train", "grpo", "--set", "nope=1"], "unknown config key"),
+        (["train", "grpo", "--task", "nope"], "task"),
+        (["train", "grpo", "--model", "/nonexistent", "--set", "sft_steps=0"], "model"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, msg):
+    assert main([*argv, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len([x for x in err.strip().splitlines() if x.startswith("policyopt")]) == 1
+
+
+def test_cli_bad_input_subprocess(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "policyopt.cli.main",
+            "train",
+            "grpo",
+            "--set",
+            "temperature=-1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "temperature" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "preset, extra",
+    [
+        ("dapo", []),
+        ("gdpo", []),
+        ("spo", ["--set", "prompts_per_step=8"]),
+        ("reinforce_pp", []),
+        ("cppo", ["--set", "cppo_keep=2"]),
+        ("forking_tokens", []),
+        ("seed_grpo", []),
+        ("bnpo", []),
+        ("d3s", ["--set", "d3s_keep=2"]),
+        ("asymre", []),
+    ],
+)
+def test_presets_run_one_step(tmp_path, preset, extra):
+    out = tmp_path / preset
+    assert (
+        main(
+            [
+                "train",
+                preset,
+                "--out",
+                str(out),
+                "--total-steps",
+                "1",
+                *FAST,
+                "--set",
+                "eval_k=1",
+                "--set",
+                "sft_steps=0",
+                *extra,
+            ]
+        )
+        == 0
+    )
+    assert (out / "model" / "config.json").exists()
+
+
+def test_lora_and_reference_kl(tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "lora"
+    assert (
+        main(
+            [
+                "train",
+                "grpo",
+                "--out",
+                str(out),
+                "--total-steps",
+                "2",
+                *FAST,
+                "--set",
+                "sft_steps=0",
+                "--set",
+                "lora_r=4",
+                "--set",
+                "beta=0.04",
+                "--set",
+                "learning_rate=0.01",
+                "--set",
+                "ent_coef=0.5",
+            ]
+        )
+        == 0
+    )  # the entropy bonus moves the adapter even with zero rewards
+    kl = [
+        float(line.split(",")[3])
+        for line in (out / "metrics.csv").read_text().splitlines()[1:]
+        if line.split(",")[2] == "stats/kl_ref"
+    ]
+    assert kl and kl[0] == pytest.approx(0.0, abs=1e-6) and kl[-1] > 0  # reference = adapter-disabled base
+    m = transformers.AutoModelForCausalLM.from_pretrained(str(out / "model"))  # merged, plain transformers
+    assert not any("lora" in n for n, _ in m.named_parameters())
+
+
+def test_reasoning_gym_task_uses_its_own_scorer():
+    pytest.importorskip("reasoning_gym")
+    t = load_task("rg:basic_arithmetic", None, 0, 4)
+    rs = RewardSet(t.default_rewards, t.scorer)
+    rows = t.test[:2]
+    fields = {"answer": [r["answer"] for r in rows], "_rg_index": [r["_rg_index"] for r in rows]}
+    total, _ = rs([r["prompt"] for r in rows], [rows[0]["answer"], "garbage"], fields)
+    assert total.tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", ["tiny-llama", "tiny-qwen2"])
+def test_fast_sampler_matches_model(kind):
+    """The lean sampler: greedy tokens equal ``model.generate``; sampled log-probs equal the train-time
+    recomputation; a completion is cut at its first EOS."""
+    from policyopt.lm import fastgen
+    from policyopt.lm.model import build_model, load_tokenizer
+    from policyopt.lm.rollout import collate, generate, token_logp
+
+    tok = load_tokenizer(kind, None)
+    m = build_model(kind, tok, 0).eval()
+    prompts = ["1+2=", "56+78=", "9+11="]
+    assert fastgen.supported(m, 1.0, [])
+    assert not fastgen.supported(m, 0.9, []) and not fastgen.supported(m, 1.0, ["\n"])
+    rep = [p for p in prompts for _ in range(2)]
+    enc = tok(rep, return_tensors="pt", padding=True, add_special_tokens=False)
+    g1, _ = fastgen.sample(m, enc["input_ids"], enc["attention_mask"], max_new_tokens=8,
+                           eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, greedy=True)
+    g2 = m.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id)[:, enc["input_ids"].shape[1]:]
+    assert torch.equal(g1[:, : g2.shape[1]], g2)
+    torch.manual_seed(0)
+    ro = generate(m, tok, prompts, torch.arange(3), 0, 4, temperature=0.7, top_p=1.0, max_new_tokens=12)
+    ids, attn, pos, cmask, P = collate(ro.prompt_ids, ro.completion_ids, tok.pad_token_id, 12)
+    with torch.no_grad():
+        lp, _ = token_logp(m, ids, attn, pos, P, 0.7)
+    for i, c in enumerate(ro.completion_ids):
+        assert torch.allclose(lp[i, : len(c)], ro.sampler_logp[i], atol=1e-5)
+        assert tok.eos_token_id not in c[:-1]
+        assert bool(ro.truncated[i]) == (len(c) == 12 and c[-1] != tok.eos_token_id)
