@@ -5,6 +5,15 @@ iteration: collect a rollout with the vector env, compute advantages with a regi
 take minibatch gradient steps on a registered policy loss (aggregated over valid steps) plus the
 value loss and entropy bonus, log, evaluate and checkpoint.
 
+Four boxes are chosen by name in the config, each a small class in its own module with its state in
+the checkpoint: the *sampler* (``policy``, or ``props``: PROPS' adaptive behaviour policy plus a
+buffer of past rollouts; policyopt/control/props.py), the *proximal* policy of the loss
+(``behaviour``, or ``ewma``: PPO-EWMA; proximal.py), the KL-coefficient controller ``trust_region``
+(``none``, ``mdpo``: annealed 1/t_k, ``fixpo``: adaptive beta plus fix-up phase; kl_control.py) and
+the advantage normalization (``minibatch``, ``batch``, ``none``, ``ewma``; proximal.py). PPO uses
+the defaults, for which the loop below does exactly what it did before the boxes existed. Every run
+logs PROPS' sampling-error diagnostic ``diag/sampling_error`` once per iteration (sampling_error.py).
+
 Correctness notes:
 - ``terminated`` and ``truncated`` are kept apart; a truncated episode is bootstrapped from the
   value of its true final observation (Gymnasium's next-step autoreset returns it as the observation
@@ -31,14 +40,17 @@ import numpy as np
 import torch
 
 from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
-from policyopt.advantages.functional import whiten
 from policyopt.config import all_positive, in_range, nonneg, opt, optional, positive
 from policyopt.control import evaluation
 from policyopt.control.envs import VECTORIZATION, AutoresetTracker, check_env_id, make_vec_env, seeds_for
+from policyopt.control.kl_control import TRUST_REGIONS, FixPOConfig
 from policyopt.control.networks import ACTIVATIONS, ActorCritic
 from policyopt.control.normalize import ObsNormalizer, RewardNormalizer
+from policyopt.control.props import SAMPLERS, PropsConfig
+from policyopt.control.proximal import ADV_NORMS, PROXIMALS, EwmaConfig
+from policyopt.control.sampling_error import sampling_error
 from policyopt.errors import NonFiniteLoss, UserError
-from policyopt.losses import AGGREGATIONS, POLICY_LOSSES, Aggregator, PolicyBatch, PolicyLossConfig, value_loss
+from policyopt.losses import AGGREGATIONS, POLICY_LOSSES, Aggregator, PolicyLossConfig, value_loss
 from policyopt.runs import rundir
 from policyopt.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from policyopt.runs.files import atomic_write_text
@@ -61,7 +73,7 @@ class OnPolicyConfig:
     advantage: str = opt("gae", "advantage estimator", choices=ADVANTAGES)
     gamma: float = opt(0.99, "discount factor", check=in_range(0, 1))
     gae_lambda: float = opt(0.95, "GAE lambda", check=in_range(0, 1))
-    adv_norm: str = opt("minibatch", "advantage normalization", choices=("minibatch", "batch", "none"))
+    adv_norm: str = opt("minibatch", "advantage normalization", choices=ADV_NORMS)
     # policy loss
     policy_loss: str = opt("ppo_clip", "policy loss", choices=POLICY_LOSSES)
     loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
@@ -80,6 +92,17 @@ class OnPolicyConfig:
     max_grad_norm: float | None = opt(0.5, "gradient norm clipping (None = off)", check=optional(positive))
     target_kl: float | None = opt(None, "stop an iteration's epochs once approx KL exceeds this",
                                   check=optional(positive))
+    # boxes chosen by name (see policyopt/control/{props,proximal,kl_control}.py)
+    sampler: str = opt("policy", "data collection: the policy itself, or PROPS' adaptive behaviour policy",
+                       choices=SAMPLERS)
+    props: PropsConfig = dataclasses.field(default_factory=PropsConfig)
+    proximal: str = opt("behaviour", "proximal ('old') policy of the loss: the data's policy, or an EWMA of "
+                        "past weights (PPO-EWMA)", choices=PROXIMALS)
+    ewma: EwmaConfig = dataclasses.field(default_factory=EwmaConfig)
+    trust_region: str = opt("none", "KL coefficient control: none, mdpo (1/t_k annealing), fixpo (adaptive "
+                            "beta + fix-up phase)", choices=TRUST_REGIONS)
+    fixpo: FixPOConfig = dataclasses.field(default_factory=FixPOConfig)
+    sampling_error: bool = opt(True, "log the PROPS sampling-error diagnostic (diag/sampling_error) per iteration")
     # networks
     hidden: tuple[int, ...] = opt((64, 64), "hidden layer sizes", check=all_positive)
     activation: str = opt("tanh", "hidden activation", choices=ACTIVATIONS)
@@ -110,8 +133,9 @@ class OnPolicyConfig:
 
 def _optimizer(cfg: OnPolicyConfig, params):
     if cfg.optimizer == "rmsprop":  # A2C's original choice
-        return torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.99, eps=cfg.adam_eps)
-    return torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps)
+        return torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.99, eps=cfg.adam_eps, foreach=True)
+    # fused: one kernel for all parameters instead of ~10 small ops per tensor (CPU and CUDA)
+    return torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
 
 
 def _seed_everything(seed: int) -> None:
@@ -125,6 +149,27 @@ def build_agent(cfg: OnPolicyConfig, observation_space, action_space) -> ActorCr
         raise UserError(f"observation space {observation_space} is not supported; the MLP policy needs a 1-D Box")
     return ActorCritic(int(observation_space.shape[0]), action_space, cfg.hidden, cfg.activation, cfg.ortho_init,
                        cfg.log_std_init, cfg.action_squash)
+
+
+@torch.no_grad()
+def _refresh(agent: ActorCritic, block: dict) -> dict:
+    """A stored rollout with distribution parameters, log-probs and values of the *current* networks."""
+    params = agent.dist_params(block["obs"])
+    values = agent.value(torch.cat([block["obs"], block["next_obs"][None]]))
+    return {**block, "params": params, "logp": agent.dist.log_prob(params, block["act"]), "values": values}
+
+
+def _flat_batch(blocks: list[dict], advantage, adv_cfg: AdvantageConfig) -> dict[str, torch.Tensor]:
+    """Advantages per rollout (each ``(T, N)``), then every rollout flattened and concatenated."""
+    out = collections.defaultdict(list)
+    for b in blocks:
+        adv, ret = advantage(AdvantageInputs(rewards=b["rew"], values=b["values"][:-1], next_values=b["values"][1:],
+                                             terminated=b["term"], truncated=b["trunc"], valid=b["valid"]), adv_cfg)
+        T, N = b["rew"].shape
+        for k, v in (("obs", b["obs"]), ("act", b["act"]), ("logp", b["logp"]), ("params", b["params"]),
+                     ("adv", adv), ("ret", ret), ("val", b["values"][:-1]), ("valid", b["valid"])):
+            out[k].append(v.reshape(T * N, *v.shape[2:]))
+    return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in out.items()}
 
 
 def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dict:
@@ -150,6 +195,14 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
     ckpt_every = max(1, cfg.checkpoint_every // batch_size) if cfg.checkpoint_every else num_iterations
     eval_every = max(1, cfg.eval_every // batch_size) if cfg.eval_every else None
     ckpt_path = rundir.checkpoint_path(run_dir)
+    # The boxes: who samples (and which past data the update sees), the proximal policy of the loss,
+    # the KL-coefficient controller, advantage normalization. Each keeps its state in the checkpoint.
+    sampler = SAMPLERS.get(cfg.sampler)(cfg, agent, dist)
+    proximal = PROXIMALS.get(cfg.proximal)(cfg, agent)
+    region = TRUST_REGIONS.get(cfg.trust_region)(cfg, num_iterations)
+    adv_norm = ADV_NORMS.get(cfg.adv_norm)(cfg)
+    boxes = {"sampler": sampler, "proximal": proximal, "trust_region": region, "adv_norm": adv_norm}
+    needs_kl = getattr(policy_loss, "needs_kl_old", False) or region.needs_kl  # exact KL(pi || pi_old) per state
 
     iteration, global_step, env_epoch = 0, 0, 0
     recent = collections.deque(maxlen=100)  # (return, length) of finished training episodes
@@ -162,6 +215,8 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
         set_rng_state(state["rng"])
         iteration, global_step, env_epoch = (state["counters"][k] for k in ("iteration", "global_step", "env_epoch"))
         recent.extend(tuple(x) for x in state["recent"])
+        for name, box in boxes.items():
+            box.load_state_dict(state["boxes"][name])
         if iteration >= num_iterations:
             raise UserError(f"run {str(run_dir)!r} already finished {global_step} steps; extend it with "
                             "`policyopt train --resume DIR --total-steps N`")
@@ -179,6 +234,8 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
     trunc_buf = torch.zeros((T, N), device=device)
     valid_buf = torch.zeros((T, N), device=device)
     tracker = AutoresetTracker(N)
+    rollout = {"obs": obs_buf, "act": act_buf, "rew": rew_buf, "term": term_buf, "trunc": trunc_buf,
+               "valid": valid_buf, "params": params_buf, "logp": logp_buf, "values": val_buf}
 
     def begin_env_epoch(epoch: int) -> torch.Tensor:
         """(Re-)seed and reset every sub-env; called at start, after each checkpoint and on resume."""
@@ -203,6 +260,7 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
         save_checkpoint(ckpt_path, {
             "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "obs_norm": obs_norm.state_dict(),
             "rew_norm": rew_norm.state_dict(), "rng": rng_state(), "recent": [list(x) for x in recent],
+            "boxes": {name: box.state_dict() for name, box in boxes.items()},
             "counters": {"iteration": iteration, "global_step": global_step, "env_epoch": env_epoch}})
 
     obs = begin_env_epoch(env_epoch)
@@ -221,12 +279,16 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
             clip_scale = frac if cfg.clip_schedule == "linear" else 1.0
             loss_cfg = dataclasses.replace(cfg.loss, clip_eps_low=cfg.loss.clip_eps_low * clip_scale,
                                            clip_eps_high=cfg.loss.eps_high * clip_scale)
+            loss_cfg = region.begin_iteration(iteration, loss_cfg)
+            sampler.begin_iteration(agent)
 
             # ---- collect a rollout ---------------------------------------------------------------
             with torch.no_grad():
                 for t in range(T):
+                    for k, v in sampler.adapt(t, agent, rollout).items():
+                        stats_acc[k].append(v)
                     params, value = agent(obs)
-                    action = dist.sample(params)
+                    action = dist.sample(sampler.behaviour_params(obs, params))
                     obs_buf[t], act_buf[t], params_buf[t], val_buf[t] = obs, action, params, value
                     logp_buf[t] = dist.log_prob(params, action)
                     raw, reward, terminated, truncated, _ = envs.step(dist.to_env(action).cpu().numpy())
@@ -242,42 +304,50 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
                     valid_buf[t] = valid_t
                     obs = obs_norm(torch.as_tensor(raw, dtype=torch.float32), update=True).to(device)
                 val_buf[T] = agent.value(obs)
+                rollout["next_obs"] = obs
             global_step += batch_size
 
-            # ---- advantages ----------------------------------------------------------------------
-            adv, returns = advantage(AdvantageInputs(rewards=rew_buf, values=val_buf[:-1], next_values=val_buf[1:],
-                                                     terminated=term_buf, truncated=trunc_buf, valid=valid_buf), adv_cfg)
-            b_obs, b_act = obs_buf.reshape(batch_size, obs_dim), act_buf.reshape(batch_size, *act_shape)
-            b_logp, b_params = logp_buf.reshape(-1), params_buf.reshape(batch_size, -1)
-            b_adv, b_ret, b_val = adv.reshape(-1), returns.reshape(-1), val_buf[:-1].reshape(-1)
-            b_valid = valid_buf.reshape(-1)
-            if cfg.adv_norm == "batch":
-                b_adv = whiten(b_adv, b_valid)
+            # ---- advantages (of this rollout and of the sampler's stored ones, recomputed) --------
+            fb = _flat_batch([_refresh(agent, b) for b in sampler.blocks] + [rollout], advantage, adv_cfg)
+            b_obs, b_act, b_logp, b_params = fb["obs"], fb["act"], fb["logp"], fb["params"]
+            b_adv, b_ret, b_val, b_valid = adv_norm.batch(fb["adv"], fb["valid"]), fb["ret"], fb["val"], fb["valid"]
+            n_update = b_obs.shape[0]
+            if cfg.sampling_error:  # PROPS' diagnostic: KL(empirical policy of the update data || pi_theta)
+                stats_acc["diag/sampling_error"].append(sampling_error(dist, b_params, b_act, b_valid))
 
             # ---- optimize ------------------------------------------------------------------------
+            def kl_on(idx, obs=b_obs, old=b_params, valid=b_valid):  # per-state KL(pi || pi_old), for fix-ups
+                return dist.kl(agent.dist_params(obs[idx]), old[idx]), valid[idx]
+
             for _epoch in range(cfg.epochs):
-                perm = torch.randperm(batch_size, device=device)
-                for start in range(0, batch_size, cfg.minibatch_size):
-                    idx = perm[start:start + cfg.minibatch_size]
+                # one minibatch per epoch: the whole batch in order, no shuffle or gather needed
+                perm = torch.randperm(n_update, device=device) if n_update > cfg.minibatch_size else None
+                for start in range(0, n_update, cfg.minibatch_size):
+                    idx = slice(None) if perm is None else perm[start:start + cfg.minibatch_size]
                     params_new, v_new = agent(b_obs[idx])
                     mask = b_valid[idx]
-                    mb_adv = whiten(b_adv[idx], mask) if cfg.adv_norm == "minibatch" else b_adv[idx]
-                    pb = PolicyBatch.from_steps(dist.log_prob(params_new, b_act[idx]), b_logp[idx], mb_adv, mask,
-                                                dist.kl(params_new, b_params[idx]))
+                    mb_adv = adv_norm.minibatch(b_adv[idx], mask)
+                    pb, prox_stats = proximal.policy_batch(dist, params_new, b_obs[idx], b_act[idx], b_logp[idx],
+                                                           b_params[idx], mb_adv, mask, with_kl=needs_kl)
                     agg = Aggregator.for_batch(cfg.aggregation, pb.mask)
-                    pl, stats = policy_loss(pb, loss_cfg, agg)
+                    pl, stats = policy_loss(pb, region.loss_config(loss_cfg), agg)
                     vl = agg(value_loss(v_new, b_ret[idx], b_val[idx], cfg.vf_clip)[:, None], pb.mask)
-                    ent = agg(dist.entropy(params_new)[:, None], pb.mask)
+                    with torch.set_grad_enabled(cfg.ent_coef > 0):  # no backward work for an unused bonus
+                        ent = agg(dist.entropy(params_new)[:, None], pb.mask)
                     loss = pl + cfg.vf_coef * vl - cfg.ent_coef * ent
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.max_grad_norm is not None:
                         stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
                     optimizer.step()
+                    proximal.after_step(agent)
+                    region.after_step(pb)
                     stats.update({"loss/policy": pl.detach(), "loss/value": vl.detach(), "loss/entropy": ent.detach(),
-                                  "loss/total": loss.detach()})
+                                  "loss/total": loss.detach(), **prox_stats})
                     for k, v in stats.items():
                         stats_acc[k].append(v)
+                for k, v in region.fixup(kl_on, optimizer, list(agent.parameters()), n_update).items():
+                    stats_acc[k].append(torch.tensor(v))
                 if cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
                     break
 
@@ -288,6 +358,7 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
             if global_step - last_log_step >= cfg.log_every or iteration == num_iterations:
                 metrics = {("stats/" + k if "/" not in k else k): torch.stack(v).float().mean()
                            for k, v in stats_acc.items()}
+                metrics.update(region.stats())
                 metrics.update({"train/lr": lr, "train/clip_eps": loss_cfg.clip_eps_low,
                                 "train/steps_per_s": (global_step - steps_at_start) / (time.time() - t_start),
                                 "stats/value_mean": b_val.mean(), "stats/adv_mean": b_adv.mean(),
@@ -301,6 +372,7 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
                 last_log_step = global_step
             if eval_every and iteration % eval_every == 0 and iteration != num_iterations:
                 last_eval = run_eval()
+            sampler.push(rollout)
             if iteration % ckpt_every == 0 or iteration == num_iterations:
                 env_epoch += 1
                 save()

@@ -65,3 +65,41 @@ register(Algorithm(
     defaults=REINFORCE,
     presets={"CartPole-v1": dict(total_steps=300_000, checkpoint_every=100_000),
              "Acrobot-v1": dict(total_steps=500_000, norm_obs=True)}))
+
+# ---- the seeds' on-policy methods: the same trainer with other boxes (issue 5) --------------------------
+# Per-environment settings are PPO's tuned ones; each method only swaps a box.
+
+# PROPS: adaptive behaviour policy + buffer of the last 2 rollouts, PPO on the aggregate (Corrado & Hanna,
+# "On-Policy Policy Gradient RL Without On-Policy Sampling"). CartPole's 256-step rollout gets 4 adaptations.
+register(Algorithm(
+    name="props", family="control/on-policy", config=OnPolicyConfig, trainer=TRAIN, evaluator=EVAL,
+    doc="PROPS: PPO on a buffer collected by an adaptive behaviour policy that lowers sampling error "
+        "(Corrado & Hanna, 'On-Policy Policy Gradient RL Without On-Policy Sampling')",
+    defaults=dict(sampler="props"),
+    presets={k: {**v, **({"props": {"every": 64}} if k == "CartPole-v1" else {})} for k, v in PPO_PRESETS.items()}))
+
+# On-policy MDPO: -A r + (1/t_k) KL(pi || pi_k), t_k = 1 - k/K, several SGD steps per iteration (Tomar et al.).
+register(Algorithm(
+    name="mdpo", family="control/on-policy", config=OnPolicyConfig, trainer=TRAIN, evaluator=EVAL,
+    doc="On-policy MDPO: KL proximity to the previous policy with annealed step size t_k "
+        "(Tomar et al., 2022, 'Mirror Descent Policy Optimization')",
+    defaults=dict(policy_loss="kl_proximal", trust_region="mdpo"),
+    presets=PPO_PRESETS))
+
+# PPO-EWMA: clip against an EWMA of past weights, IS-corrected to the behaviour policy; EWMA advantage
+# normalization (Hilton, Cobbe & Schulman, "Batch size-invariance for policy optimization").
+register(Algorithm(
+    name="ppo_ewma", family="control/on-policy", config=OnPolicyConfig, trainer=TRAIN, evaluator=EVAL,
+    doc="PPO-EWMA: proximal policy = EWMA of past weights, decoupled from the behaviour policy "
+        "(Hilton et al., 2022, 'Batch size-invariance for policy optimization')",
+    defaults=dict(proximal="ewma", adv_norm="ewma"),
+    presets=PPO_PRESETS))
+
+# FixPO: -A r + beta KL with adaptive beta, plus a fix-up phase that guarantees max KL <= eps_kl after every
+# epoch (Zentner et al., "Guaranteed Trust Region Optimization via Two-Phase KL Penalization").
+register(Algorithm(
+    name="fixpo", family="control/on-policy", config=OnPolicyConfig, trainer=TRAIN, evaluator=EVAL,
+    doc="FixPO: adaptive KL penalty + fix-up phase guaranteeing the trust region on every update "
+        "(Zentner et al., 2023, 'Guaranteed Trust Region Optimization via Two-Phase KL Penalization')",
+    defaults=dict(policy_loss="kl_proximal", trust_region="fixpo"),
+    presets=PPO_PRESETS))

@@ -1,0 +1,175 @@
+"""Unit tests of the seeds' on-policy pieces against hand-computed values: the PROPS loss, the
+sampling-error diagnostic, PPO-EWMA's proximal policy and advantage normalization, the MDPO schedule
+and FixPO's beta update and fix-up guarantee."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import pytest
+import torch
+
+from policyopt import algos
+from policyopt.control.distributions import Categorical, DiagGaussian
+from policyopt.control.kl_control import TRUST_REGIONS
+from policyopt.control.networks import ActorCritic
+from policyopt.control.onpolicy import OnPolicyConfig
+from policyopt.control.proximal import ADV_NORMS, PROXIMALS
+from policyopt.control.sampling_error import sampling_error
+from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, PolicyLossConfig
+
+
+def _cfg(**sets) -> OnPolicyConfig:
+    return algos.build_config("ppo", sets={"tensorboard": False, **sets})
+
+
+# ---- PROPS behaviour loss ---------------------------------------------------------------------------
+def test_props_loss_hand_computed():
+    r = torch.tensor([1.5, 0.5, 1.1])
+    logp_old = torch.tensor([-1.0, -0.5, -2.0])
+    logp = (logp_old + r.log()).requires_grad_(True)
+    kl = torch.tensor([0.1, 0.2, 0.3])
+    pb = PolicyBatch.from_steps(logp, logp_old, torch.full((3,), -1.0), kl_old=kl)
+    hp = PolicyLossConfig(clip_eps_low=0.2, proximal_coef=0.5)
+    loss, stats = POLICY_LOSSES.get("props")(pb, hp, Aggregator.for_batch("token-mean", pb.mask))
+    # max(r, clip(r, 0.8, 1.2)) = [1.5, 0.8, 1.1]; + 0.5 * kl = [1.55, 0.9, 1.25]; mean = 3.7 / 3
+    assert loss.item() == pytest.approx(3.7 / 3, abs=1e-6)
+    loss.backward()
+    # d/dlogp: r where the unclipped branch is active (ratio grows => loss grows), 0 where clipped (r=0.5 < 0.8)
+    assert torch.allclose(logp.grad, torch.tensor([1.5, 0.0, 1.1]) / 3, atol=1e-6)
+    assert stats["clip_frac"].item() == pytest.approx(1 / 3)  # r=0.5 is below 1-eps with A=-1 < 0
+    assert stats["props_kl"].item() == pytest.approx(0.2)
+
+
+def test_props_loss_requires_kl():
+    pb = PolicyBatch.from_steps(torch.zeros(2), torch.zeros(2), -torch.ones(2))
+    with pytest.raises(ValueError, match="kl_old"):
+        POLICY_LOSSES.get("props")(pb, PolicyLossConfig(), Aggregator.for_batch("token-mean", pb.mask))
+
+
+# ---- sampling error ---------------------------------------------------------------------------------
+def test_sampling_error_categorical_hand_computed():
+    logits = torch.zeros(5, 2)  # pi = (0.5, 0.5) in every state
+    actions = torch.tensor([0, 0, 0, 1, 1])
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])  # the last step is invalid
+    # empirical policy = (0.75, 0.25): KL = 0.75 ln 1.5 + 0.25 ln 0.5
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert sampling_error(Categorical(2), logits, actions, mask).item() == pytest.approx(expected, abs=1e-5)
+    # data matching pi exactly has zero error
+    assert sampling_error(Categorical(2), torch.zeros(4, 2), torch.tensor([0, 1, 0, 1])).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_sampling_error_categorical_mle_matches_frequencies():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 3, generator=g) * 2
+    actions = torch.randint(0, 3, (200,), generator=g)
+    err = sampling_error(Categorical(3), logits, actions, iters=200)
+    assert err.item() > 0
+    # a different action sample drawn from pi itself has a much smaller error than uniform-random actions
+    on_policy = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(-1)
+    assert sampling_error(Categorical(3), logits, on_policy).item() < err.item()
+
+
+def test_sampling_error_gaussian_hand_computed():
+    dist = DiagGaussian(1, torch.tensor([-2.0]), torch.tensor([2.0]))
+    params = torch.zeros(3, 2)  # mean 0, log_std 0
+    actions = torch.tensor([[1.0], [-1.0], [3.0]])
+    # z = a: m = 1, v = 8/3 -> 0.5 (v + m^2 - 1 - ln v)
+    v = 8 / 3
+    assert sampling_error(dist, params, actions).item() == pytest.approx(0.5 * (v + 1 - 1 - math.log(v)), abs=1e-5)
+
+
+# ---- PPO-EWMA ---------------------------------------------------------------------------------------
+def _agent(seed=0):
+    torch.manual_seed(seed)
+    return ActorCritic(4, gym.spaces.Discrete(2), (8,))
+
+
+def test_ewma_adv_norm_hand_computed():
+    norm = ADV_NORMS.get("ewma")(_cfg(**{"ewma.adv_decay": 0.5}))
+    ones = torch.ones(2)
+    assert torch.allclose(norm.minibatch(torch.tensor([1.0, 3.0]), ones), torch.tensor([-1.0, 1.0]), atol=1e-6)
+    # second minibatch: debiased mean 3.5/0.75, second moment 19.75/0.75
+    mean, sq = 3.5 / 0.75, 19.75 / 0.75
+    std = math.sqrt(sq - mean**2)
+    out = norm.minibatch(torch.tensor([5.0, 7.0]), ones)
+    assert torch.allclose(out, torch.tensor([(5 - mean) / std, (7 - mean) / std]), atol=1e-5)
+
+
+def test_ewma_proximal_update_and_decoupled_objective():
+    agent = _agent()
+    prox = PROXIMALS.get("ewma")(_cfg(**{"ewma.prox_decay": 0.75}), agent)
+    before = [p.detach().clone() for p in agent.parameters()]
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(1.0)
+    prox.after_step(agent)
+    for p0, pp in zip(before, prox.net.parameters()):
+        assert torch.allclose(pp, p0 + 0.25, atol=1e-6)  # 0.75 * p0 + 0.25 * (p0 + 1)
+
+    obs, act = torch.randn(6, 4), torch.tensor([0, 1, 1, 0, 1, 0])
+    adv = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 0.2])
+    logp_behav = torch.full((6,), math.log(0.5))
+    params_new = agent.dist_params(obs)
+    pb, stats = prox.policy_batch(agent.dist, params_new, obs, act, logp_behav, None, adv, torch.ones(6))
+    loss, _ = POLICY_LOSSES.get("ppo_clip")(pb, PolicyLossConfig(clip_eps_low=0.2), Aggregator.for_batch(
+        "token-mean", pb.mask))
+    # E[(pi_prox / pi_behav) * max(-A r, -A clip(r))], r = pi / pi_prox, written out directly
+    lp_new = agent.dist.log_prob(params_new, act)
+    lp_prox = agent.dist.log_prob(prox.net.dist_params(obs), act)
+    r, w = (lp_new - lp_prox).exp(), (lp_prox - logp_behav).exp()
+    direct = (w * torch.maximum(-adv * r, -adv * r.clamp(0.8, 1.2))).mean()
+    assert loss.item() == pytest.approx(direct.item(), abs=1e-6)
+    assert stats["prox_is_weight_mean"].item() == pytest.approx(w.mean().item(), abs=1e-6)
+
+
+# ---- MDPO and FixPO controllers ---------------------------------------------------------------------
+def test_mdpo_anneals_one_over_t_k():
+    cfg = _cfg(trust_region="mdpo", policy_loss="kl_proximal")
+    ctl = TRUST_REGIONS.get("mdpo")(cfg, 4)
+    coefs = [ctl.begin_iteration(k, cfg.loss).proximal_coef for k in (1, 2, 4)]
+    assert coefs == pytest.approx([1.0, 1 / 0.75, 4.0])
+
+
+def test_fixpo_beta_adam_step_hand_computed():
+    cfg = _cfg(trust_region="fixpo")
+    ctl = TRUST_REGIONS.get("fixpo")(cfg, 10)
+    mask = torch.ones(3, 1)
+    ctl.after_step(PolicyBatch(torch.zeros(3, 1), torch.zeros(3, 1), torch.zeros(3, 1), mask, torch.zeros(3, 1)))
+    # d/dbeta of beta * (eps - c * 0) = 0.2 > 0: Adam's first step is -lr * sign = -0.01
+    assert float(ctl.beta.detach()) == pytest.approx(0.99, abs=1e-6)
+    big = torch.tensor([[0.0], [1.0], [0.2]])
+    ctl.after_step(PolicyBatch(torch.zeros(3, 1), torch.zeros(3, 1), torch.zeros(3, 1), mask, big))
+    assert float(ctl.beta.detach()) > 0.99  # max KL 1.0: gradient 0.2 - 2 * 1.0 < 0, beta grows
+    assert ctl.primary_steps == 2
+    assert ctl.loss_config(cfg.loss).proximal_coef == pytest.approx(float(ctl.beta.detach()))
+
+
+def test_fixpo_fixup_guarantees_trust_region():
+    cfg = _cfg(trust_region="fixpo", **{"fixpo.eps_kl": 0.05, "fixpo.fixup_minibatch_size": 16})
+    ctl = TRUST_REGIONS.get("fixpo")(cfg, 10)
+    agent = _agent(1)
+    obs = torch.randn(64, 4)
+    with torch.no_grad():
+        old = agent.dist_params(obs).clone()
+        agent.actor[-1].weight.add_(torch.randn_like(agent.actor[-1].weight) * 2)  # leave the trust region
+    valid = torch.ones(64)
+
+    def kl_on(idx):
+        return agent.dist.kl(agent.dist_params(obs[idx]), old[idx]), valid[idx]
+
+    assert agent.dist.kl(agent.dist_params(obs), old).max().item() > 0.05
+    opt = torch.optim.Adam(agent.parameters(), lr=1e-2)
+    out = ctl.fixup(kl_on, opt, list(agent.parameters()), 64)
+    assert out["fixpo/fixup_steps"] > 0 and ctl.fixup_steps == out["fixpo/fixup_steps"]
+    with torch.no_grad():
+        assert agent.dist.kl(agent.dist_params(obs), old).max().item() <= 0.05
+    assert ctl.fixup(kl_on, opt, list(agent.parameters()), 64)["fixpo/fixup_steps"] == 0  # already satisfied
+
+
+def test_presets_registered_and_sampler_option_applies_to_ppo():
+    for name in ("props", "mdpo", "ppo_ewma", "fixpo"):
+        assert algos.get(name).family == "control/on-policy"
+    cfg = algos.build_config("ppo", sets={"sampler": "props", "props.buffer": 3})
+    assert cfg.sampler == "props" and cfg.props.buffer == 3
