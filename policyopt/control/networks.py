@@ -67,14 +67,25 @@ class ActorCritic(nn.Module):
         if isinstance(self.dist, DiagGaussian):
             self.log_std = nn.Parameter(torch.full((self.dist.dim,), float(log_std_init)))
 
+        self._act = {"tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu, "silu": nn.functional.silu}[
+            activation]
+
+    def _run(self, net: nn.Sequential, x: Tensor) -> Tensor:
+        # Same math as net(x), without nn.Module call machinery: for 64-unit MLPs that overhead is a
+        # large share of each step's cost.
+        layers = net._modules.values()
+        for m in layers:
+            x = nn.functional.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else self._act(x)
+        return x
+
     def dist_params(self, obs: Tensor) -> Tensor:
-        out = self.actor(obs)
+        out = self._run(self.actor, obs)
         if self.log_std is not None:
             out = torch.cat([out, self.log_std.expand_as(out)], dim=-1)
         return out
 
     def value(self, obs: Tensor) -> Tensor:
-        return self.critic(obs).squeeze(-1)
+        return self._run(self.critic, obs).squeeze(-1)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         return self.dist_params(obs), self.value(obs)
