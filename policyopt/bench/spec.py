@@ -1,0 +1,306 @@
+"""Bench specs: a YAML grid of presets x environments-or-tasks x seeds x budget, with per-cell overrides.
+
+Example::
+
+    name: classic-control
+    algos: [ppo, a2c, reinforce]
+    envs: [CartPole-v1, Acrobot-v1]     # control presets (target_key "env_id")
+    tasks: []                           # language-model presets (target_key "task")
+    seeds: 10                           # 1..10, or an explicit list
+    budget: {CartPole-v1: 100000, Acrobot-v1: 200000}   # total_steps; an int for all; omit for preset default
+    eval: {every: {CartPole-v1: 10000, Acrobot-v1: 20000}, episodes: 10, last: 3}
+    metric: eval/return_mean            # the logged evaluation metric that is scored
+    sets: {tensorboard: false}          # config overrides for every cell
+    overrides:                          # per-cell overrides; match on any of algo / target / seed
+      - {algo: a2c, target: Acrobot-v1, sets: {learning_rate: 0.001}}
+    # optional: normalized score = (s - low) / (high - low)
+    reference_scores: {CartPole-v1: {low: 22.0, high: 475.0}}
+
+A cell names a *target*: an environment id for algorithms whose ``target_key`` is ``env_id`` and a task
+name for those whose ``target_key`` is ``task`` (language-model presets). Each algorithm is paired with
+the targets of its kind, so one spec can hold both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policyopt.config import load_yaml, to_dict
+from policyopt.errors import UserError
+
+_KEYS = {
+    "name",
+    "out",
+    "algos",
+    "envs",
+    "tasks",
+    "seeds",
+    "budget",
+    "eval",
+    "metric",
+    "sets",
+    "overrides",
+    "reference_scores",
+    "description",
+}
+_EVAL_KEYS = {"every", "episodes", "last"}
+
+
+@dataclass
+class EvalProtocol:
+    """The declared evaluation protocol, written into every report."""
+
+    every: dict[str, int] | int  # steps between evaluations (per target or one for all)
+    episodes: int = 10
+    last: int = 3  # final score = mean of the last `last` evaluations
+    metric: str = "eval/return_mean"
+
+    def every_for(self, target: str) -> int:
+        return int(self.every[target]) if isinstance(self.every, dict) else int(self.every)
+
+    def describe(self) -> str:
+        every = (
+            ", ".join(f"{k}: {v:,}" for k, v in self.every.items())
+            if isinstance(self.every, dict)
+            else f"{self.every:,}"
+        )
+        return (
+            f"Deterministic policy (mode of the action distribution), normalizers frozen; "
+            f"{self.episodes} evaluation episodes every K steps (K = {every}) and once more at the end "
+            f"of training; metric `{self.metric}`. Final score of a run = mean of its last {self.last} "
+            f"evaluations. Area under the curve = mean of the evaluation curve over training "
+            f"(trapezoid rule over the evaluation steps)."
+        )
+
+
+@dataclass
+class Cell:
+    algo: str
+    target: str
+    seed: int
+    target_key: str
+    family: str
+    config: dict[str, Any]  # fully resolved config (plain dict, picklable)
+    run_dir: str
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.algo, self.target, self.seed)
+
+    @property
+    def label(self) -> str:
+        return f"{self.algo} {self.target} seed={self.seed}"
+
+
+@dataclass
+class BenchSpec:
+    name: str
+    algos: list[str]
+    envs: list[str]
+    tasks: list[str]
+    seeds: list[int]
+    budget: dict[str, int] | int | None
+    protocol: EvalProtocol
+    sets: dict[str, Any] = field(default_factory=dict)
+    overrides: list[dict[str, Any]] = field(default_factory=list)
+    reference_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    out: str | None = None
+    description: str = ""
+
+    def budget_for(self, target: str) -> int | None:
+        if self.budget is None:
+            return None
+        if isinstance(self.budget, dict):
+            return int(self.budget[target]) if target in self.budget else None
+        return int(self.budget)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _int(v: Any, what: str) -> int:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise UserError(f"bench spec: {what} must be a positive integer, got {v!r}") from None
+    if f <= 0 or not f.is_integer():
+        raise UserError(f"bench spec: {what} must be a positive integer, got {v!r}")
+    return int(f)
+
+
+def _per_target(v: Any, what: str, targets: list[str]) -> dict[str, int] | int | None:
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        unknown = set(v) - set(targets)
+        if unknown:
+            raise UserError(f"bench spec: {what} names unknown targets {sorted(unknown)}; targets: {targets}")
+        return {str(k): _int(x, f"{what}[{k}]") for k, x in v.items()}
+    return _int(v, what)
+
+
+def parse_spec(data: dict[str, Any]) -> BenchSpec:
+    if not isinstance(data, dict):
+        raise UserError("bench spec must be a YAML mapping")
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise UserError(f"bench spec: unknown keys {sorted(unknown)}; valid keys: {sorted(_KEYS)}")
+
+    def str_list(key: str) -> list[str]:
+        v = data.get(key) or []
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise UserError(f"bench spec: {key!r} must be a list of names")
+        return list(dict.fromkeys(v))
+
+    algos_, envs, tasks = str_list("algos"), str_list("envs"), str_list("tasks")
+    if not algos_:
+        raise UserError("bench spec: 'algos' is empty")
+    if not envs and not tasks:
+        raise UserError("bench spec: give 'envs' (control) and/or 'tasks' (language-model presets)")
+    seeds = data.get("seeds", 3)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(1, _int(seeds, "seeds") + 1))
+    elif (
+        isinstance(seeds, list)
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        and seeds
+    ):
+        seeds = list(dict.fromkeys(seeds))
+    else:
+        raise UserError(f"bench spec: 'seeds' must be a count or a list of integers, got {seeds!r}")
+    targets = envs + tasks
+    ev = data.get("eval") or {}
+    if not isinstance(ev, dict) or set(ev) - _EVAL_KEYS:
+        raise UserError(f"bench spec: 'eval' must be a mapping with keys {sorted(_EVAL_KEYS)}")
+    if "every" not in ev:
+        raise UserError(
+            "bench spec: eval.every (steps between evaluations) is required: the final score is the "
+            "mean of the last evaluations, so a run needs several"
+        )
+    protocol = EvalProtocol(
+        every=_per_target(ev["every"], "eval.every", targets),
+        episodes=_int(ev.get("episodes", 10), "eval.episodes"),
+        last=_int(ev.get("last", 3), "eval.last"),
+        metric=str(data.get("metric", "eval/return_mean")),
+    )
+    if isinstance(protocol.every, dict) and set(targets) - set(protocol.every):
+        raise UserError(
+            f"bench spec: eval.every has no value for {sorted(set(targets) - set(protocol.every))}"
+        )
+    sets = data.get("sets") or {}
+    if not isinstance(sets, dict):
+        raise UserError("bench spec: 'sets' must be a mapping of config keys to values")
+    overrides = data.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise UserError("bench spec: 'overrides' must be a list")
+    for i, o in enumerate(overrides):
+        if (
+            not isinstance(o, dict)
+            or set(o) - {"algo", "target", "seed", "sets"}
+            or not isinstance(o.get("sets"), dict)
+        ):
+            raise UserError(f"bench spec: overrides[{i}] must be {{algo?, target?, seed?, sets: {{...}}}}")
+    refs = data.get("reference_scores") or {}
+    for t, r in refs.items():
+        if t not in targets or not isinstance(r, dict) or set(r) != {"low", "high"} or r["high"] == r["low"]:
+            raise UserError(
+                f"bench spec: reference_scores[{t!r}] must be {{low, high}} (high != low) "
+                f"for a target in the spec"
+            )
+    return BenchSpec(
+        name=str(data.get("name", "bench")),
+        algos=algos_,
+        envs=envs,
+        tasks=tasks,
+        seeds=seeds,
+        budget=_per_target(data.get("budget"), "budget", targets),
+        protocol=protocol,
+        sets=sets,
+        overrides=overrides,
+        reference_scores={t: {"low": float(r["low"]), "high": float(r["high"])} for t, r in refs.items()},
+        out=data.get("out"),
+        description=str(data.get("description", "")),
+    )
+
+
+def load_spec(path: str | Path) -> BenchSpec:
+    return parse_spec(load_yaml(path))
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+def cell_dir_name(algo: str, target: str, seed: int) -> str:
+    return f"{_safe(algo)}__{_safe(target)}__s{seed}"
+
+
+def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
+    """The grid: one :class:`Cell` per (algorithm, target of its kind, seed), each with a resolved config.
+
+    Precedence per cell: preset < tuned target preset < ``sets`` < matching ``overrides`` (in order) <
+    the grid's own keys (target, seed, budget, evaluation protocol)."""
+    from policyopt import algos
+
+    cells = []
+    for name in spec.algos:
+        algo = algos.get(name)
+        targets = spec.envs if algo.target_key == "env_id" else spec.tasks
+        if not targets:
+            kind = "envs" if algo.target_key == "env_id" else "tasks"
+            raise UserError(
+                f"bench spec: algorithm {name!r} needs {kind!r} (its target is {algo.target_key!r})"
+            )
+        fields = set(algo.config.__dataclass_fields__)
+        for target in targets:
+            for seed in spec.seeds:
+                sets = dict(spec.sets)
+                for o in spec.overrides:
+                    if (
+                        o.get("algo", name) == name
+                        and o.get("target", target) == target
+                        and o.get("seed", seed) == seed
+                    ):
+                        sets.update(o["sets"])
+                flags: dict[str, Any] = {algo.target_key: target, "seed": seed}
+                budget = spec.budget_for(target)
+                if budget is not None:
+                    if "total_steps" not in fields:
+                        raise UserError(
+                            f"bench spec: 'budget' sets total_steps, which {name!r} does not have"
+                        )
+                    flags["total_steps"] = budget
+                # The evaluation protocol, for configs that expose these keys (control presets do; a preset
+                # family with other names gets them through `sets`).
+                for k, v in (
+                    ("eval_every", spec.protocol.every_for(target)),
+                    ("eval_episodes", spec.protocol.episodes),
+                    ("progress", False),
+                ):
+                    if k in fields:
+                        flags[k] = v
+                cfg = algos.build_config(name, sets=sets, flags=flags)
+                cells.append(
+                    Cell(
+                        algo=name,
+                        target=target,
+                        seed=seed,
+                        target_key=algo.target_key,
+                        family=algo.family,
+                        config=to_dict(cfg),
+                        run_dir=str(Path(out) / "runs" / cell_dir_name(name, target, seed)),
+                    )
+                )
+    return cells
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    c = {k: v for k, v in config.items() if k != "progress"}
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
