@@ -14,6 +14,7 @@ from policyopt.errors import UserError
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
 
+
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: str = "tanh", out_gain: float = 1.0,
         ortho_init: bool = True) -> nn.Sequential:
     """An MLP; with ``ortho_init`` hidden layers get orthogonal weights with gain sqrt(2) and the output

@@ -38,6 +38,7 @@ from policyopt.control import evaluation
 from policyopt.control.envs import VECTORIZATION, AutoresetTracker, check_env_id, make_vec_env, seeds_for
 from policyopt.control.networks import ACTIVATIONS, mlp
 from policyopt.control.normalize import ObsNormalizer
+from policyopt.control.optim import clip_grad_norm
 from policyopt.control.replay import ReplayBuffer
 from policyopt.errors import NonFiniteLoss, UserError
 from policyopt.losses import actor_critic as L
@@ -435,7 +436,7 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
         critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(crit_params, cfg.max_grad_norm)
+            clip_grad_norm(crit_params, cfg.max_grad_norm)
         critic_opt.step()
         stats = {"loss/critic": critic_loss.detach(), "stats/q_mean": q_mean.detach()}
         if not do_actor:
@@ -463,7 +464,7 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
         actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(act_params, cfg.max_grad_norm)
+            clip_grad_norm(act_params, cfg.max_grad_norm)
         actor_opt.step()
         stats["loss/actor"] = actor_loss.detach()
         if auto_alpha:

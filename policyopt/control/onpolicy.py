@@ -46,6 +46,7 @@ from policyopt.control.envs import VECTORIZATION, AutoresetTracker, check_env_id
 from policyopt.control.kl_control import TRUST_REGIONS, FixPOConfig
 from policyopt.control.networks import ACTIVATIONS, ActorCritic
 from policyopt.control.normalize import ObsNormalizer, RewardNormalizer
+from policyopt.control.optim import LeanAdam, clip_grad_norm
 from policyopt.control.props import SAMPLERS, PropsConfig
 from policyopt.control.proximal import ADV_NORMS, PROXIMALS, EwmaConfig
 from policyopt.control.sampling_error import sampling_error
@@ -135,7 +136,7 @@ def _optimizer(cfg: OnPolicyConfig, params):
     if cfg.optimizer == "rmsprop":  # A2C's original choice
         return torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.99, eps=cfg.adam_eps, foreach=True)
     # fused: one kernel for all parameters instead of ~10 small ops per tensor (CPU and CUDA)
-    return torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True)
+    return LeanAdam(params, lr=cfg.learning_rate, eps=cfg.adam_eps)
 
 
 def _seed_everything(seed: int) -> None:
@@ -182,7 +183,8 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
     envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, cfg.vectorization, cfg.env_kwargs)
     agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
     dist = agent.dist
-    optimizer = _optimizer(cfg, agent.parameters())
+    net_params = list(agent.parameters())
+    optimizer = _optimizer(cfg, net_params)
     obs_dim = int(envs.single_observation_space.shape[0])
     obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
     rew_norm = RewardNormalizer(cfg.num_envs, cfg.gamma, cfg.norm_reward, cfg.clip_reward)
@@ -338,7 +340,7 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if cfg.max_grad_norm is not None:
-                        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                        stats["grad_norm"] = clip_grad_norm(net_params, cfg.max_grad_norm)
                     optimizer.step()
                     proximal.after_step(agent)
                     region.after_step(pb)
@@ -346,7 +348,7 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
                                   "loss/total": loss.detach(), **prox_stats})
                     for k, v in stats.items():
                         stats_acc[k].append(v)
-                for k, v in region.fixup(kl_on, optimizer, list(agent.parameters()), n_update).items():
+                for k, v in region.fixup(kl_on, optimizer, net_params, n_update).items():
                     stats_acc[k].append(torch.tensor(v))
                 if cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
                     break

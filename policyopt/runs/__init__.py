@@ -1,0 +1,1 @@
+"""Run directories: resolved config, metrics (TensorBoard + CSV), atomic safetensors checkpoints."""
