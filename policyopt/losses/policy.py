@@ -59,7 +59,9 @@ class PolicyBatch:
     def from_steps(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor | None = None,
                    kl_old: Tensor | None = None) -> PolicyBatch:
         """Control data: one position per step, shape ``(N,)`` -> ``(N, 1)``; ``mask`` marks valid steps."""
-        col = (lambda x: None if x is None else x.reshape(-1, 1))
+        def col(x):
+            return None if x is None else x.reshape(-1, 1)
+
         m = torch.ones_like(col(logp)) if mask is None else col(mask).to(logp.dtype)
         return PolicyBatch(col(logp), col(logp_old), col(advantages), m, col(kl_old))
 
