@@ -10,7 +10,6 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
@@ -19,7 +18,7 @@ from rich.text import Text
 class _Rate(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} steps/s" if speed else "- steps/s", style="cyan")
+        return Text(f"{speed:,.0f} steps/s" if speed else "- steps/s", style="cyan", no_wrap=True)
 
 
 class TrainProgress:
@@ -29,9 +28,9 @@ class TrainProgress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._p = None
         if self.enabled:
-            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                               TimeRemainingColumn(), transient=False)
+            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+                               _Rate(), TextColumn("{task.fields[info]}"), TextColumn("eta"), TimeRemainingColumn(),
+                               transient=False)
             self._task = self._p.add_task(description, total=total, completed=start, info="")
 
     def __enter__(self) -> TrainProgress:
