@@ -82,3 +82,51 @@ def test_cppo_d3s_forking_seed():
     s = A.semantic_entropy_scale(["1", "1", "2", "3", "5", "5"], torch.tensor([0, 0, 0, 0, 1, 1]), alpha=1.0)
     se = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
     torch.testing.assert_close(s, torch.tensor([1 - se / math.log(4)] * 4 + [1.0, 1.0]))
+
+
+def test_cppo_extra_prompts_and_fill():
+    assert A.cppo_extra_prompts(2, 4, 2) == 2  # 8 slots / 2 kept per prompt = 4 prompts: 2 extra
+    assert A.cppo_extra_prompts(2, 4, 3) == 1  # ceil(8 / 3) = 3 prompts
+    assert A.cppo_extra_prompts(32, 8, 4) == 32 and A.cppo_extra_prompts(4, 4, 4) == 0
+    # three groups of G = 4 with non-sorted ids: 7 is drawn first (nominal), then 2 and 9 (extra prompts)
+    adv = torch.tensor([0.1, -0.9, 0.5, 0.2, 0.0, 0.3, -0.3, 0.8, -0.4, 0.6, 0.1, -0.7])
+    g = torch.tensor([7, 7, 7, 7, 2, 2, 2, 2, 9, 9, 9, 9])
+    # top-2 |A| per group: {1, 2}, {7, 5 (tie with 6, earlier wins)}, {11, 9}; filled in draw order
+    assert A.cppo_fill(adv, g, 2, 5).tolist() == [1, 2, 5, 7, 11]  # last group cut short: its largest |A|
+    assert A.cppo_fill(adv, g, 2, 3).tolist() == [1, 2, 7]  # draw order, not id order (that gives 1, 5, 7)
+    assert A.cppo_fill(adv, g, 2, 100).tolist() == [1, 2, 5, 7, 9, 11]  # not enough groups: all kept ones
+    # from rewards: GRPO advantages of [1, 0, 0, 0] are [1.5, -0.5, -0.5, -0.5] (Bessel std 0.5)
+    r, g2 = torch.tensor([1.0, 0, 0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    a, _ = ADVANTAGES.get("grpo")(AdvantageInputs(rewards=r, group_ids=g2), AdvantageConfig(std_eps=0.0))
+    torch.testing.assert_close(a, torch.tensor([1.5, -0.5, -0.5, -0.5, -1.5, 0.5, 0.5, 0.5]))
+    assert A.cppo_fill(a, g2, 1, 2).tolist() == [0, 4]  # the lone success and the lone failure
+
+
+def test_d3s_token_mask_and_schedule():
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, 0.0]])
+    ent = torch.tensor([[0.5, 0.1, 0.9], [0.3, 0.2, 5.0]])
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    # |A| * H = [[0.5, 0.1, 0.9], [0.6, 0.4, (masked)]]; 5 valid tokens
+    assert A.d3s_token_mask(adv, ent, mask, 0.4).tolist() == [[0, 0, 1], [1, 0, 0]]  # top 2: 0.9, 0.6
+    assert A.d3s_token_mask(adv, ent, mask, 0.6).tolist() == [[1, 0, 1], [1, 0, 0]]  # ceil(3.0) = 3, not 4
+    assert A.d3s_token_mask(adv, ent, mask, 1.0).tolist() == mask.tolist()
+    # a rollout dropped at the sample level (row zeroed) neither counts nor gets tokens
+    assert A.d3s_token_mask(adv, ent, mask * torch.tensor([[1.0], [0.0]]), 0.5).tolist() == [[1, 0, 1], [0, 0, 0]]
+    assert A.d3s_token_mask(adv, ent, mask, 0.01).sum() == 1  # at least one token
+    # linear schedule, 1-based steps: 0.2 at step 1, 1.0 at the last step
+    assert A.d3s_keep_ratio(1, 5, 0.2, 1.0) == pytest.approx(0.2)
+    assert A.d3s_keep_ratio(3, 5, 0.2, 1.0) == pytest.approx(0.6)
+    assert A.d3s_keep_ratio(5, 5, 0.2, 1.0) == pytest.approx(1.0)
+    assert A.d3s_keep_ratio(9, 5, 0.2, 1.0) == pytest.approx(1.0) and A.d3s_keep_ratio(1, 1, 0.3, 1.0) == 0.3
+
+
+def test_d3s_token_mask_reaches_aggregation():
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, 0.0]])
+    ent = torch.tensor([[0.5, 0.1, 0.9], [0.3, 0.2, 5.0]])
+    m = A.d3s_token_mask(adv, ent, torch.tensor([[1.0, 1, 1], [1, 1, 0]]), 0.4)  # [[0, 0, 1], [1, 0, 0]]
+    lp = torch.full((2, 3), -1.0, requires_grad=True)
+    b = PolicyBatch(lp, lp.detach(), adv, m)
+    loss, _ = POLICY_LOSSES.get("ppo_clip")(b, PolicyLossConfig(), Aggregator.for_batch("seq-mean-token-mean", m))
+    loss.backward()
+    # ratio 1: d(-A r)/d logp = -A, one token per row, 2 rows: -A / 1 / 2; every other token gets exactly 0
+    torch.testing.assert_close(lp.grad, torch.tensor([[0.0, 0.0, -0.5], [1.0, 0.0, 0.0]]))

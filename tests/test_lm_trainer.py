@@ -278,3 +278,35 @@ def test_fast_sampler_matches_model(kind):
         assert torch.allclose(lp[i, : len(c)], ro.sampler_logp[i], atol=1e-5)
         assert tok.eos_token_id not in c[:-1]
         assert bool(ro.truncated[i]) == (len(c) == 12 and c[-1] != tok.eos_token_id)
+
+
+def _metric(out, name) -> list[float]:
+    return [
+        float(line.split(",")[3])
+        for line in (out / "metrics.csv").read_text().splitlines()[1:]
+        if line.split(",")[2] == name
+    ]
+
+
+def test_cppo_refills_the_batch(tmp_path):
+    """4 prompts x G=4 = 16 completions nominal; pruning to k=3 keeps 3 per prompt, so 2 extra prompts are
+    drawn (ceil(16 / 3) = 6 prompts, 24 completions) and the trained batch is full again (16)."""
+    out = tmp_path / "cppo"
+    argv = ["train", "cppo", "--out", str(out), "--total-steps", "1", *FAST, "--set", "eval_k=1"]
+    assert main([*argv, "--set", "sft_steps=0", "--set", "cppo_keep=3"]) == 0
+    assert _metric(out, "select/cppo_extra_prompts") == [2.0]
+    assert _metric(out, "select/train_batch") == [16.0]
+    assert _metric(out, "select/cppo_kept_frac") == [pytest.approx(16 / 24)]
+
+
+def test_d3s_token_level_and_schedule(tmp_path):
+    """D3S preset: the token keep ratio is annealed 0.5 -> 1.0 over 2 steps; at step 1 about half of the
+    kept rollouts' tokens carry loss (ceil), at step 2 all of them."""
+    out = tmp_path / "d3s"
+    argv = ["train", "d3s", "--out", str(out), "--total-steps", "2", *FAST, "--set", "eval_k=1"]
+    sets = ["--set", "sft_steps=0", "--set", "d3s_keep=2", "--set", "d3s_token_ratio_start=0.5"]
+    assert main([*argv, *sets]) == 0
+    assert _metric(out, "select/d3s_token_ratio") == [0.5, 1.0]
+    frac = _metric(out, "select/d3s_token_frac")
+    assert 0.5 <= frac[0] < 0.75 and frac[1] == 1.0
+    assert _metric(out, "select/train_batch") == [8.0, 8.0]  # d3s_keep=2 of G=4 for 4 prompts

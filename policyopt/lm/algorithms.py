@@ -175,15 +175,53 @@ def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float =
 @DATA_SELECTORS.register("cppo")
 @torch.no_grad()
 def cppo_keep(advantages: Tensor, group_ids: Tensor, k: int) -> Tensor:
-    """CPPO (Lin et al., 2025, "CPPO: Accelerating the Training of GRPO-Based Reasoning Models"): keep
-    only the ``k`` completions with the largest ``|A|`` in each group. Returns a bool mask (ties broken
-    by position)."""
+    """CPPO pruning (Lin et al., 2025, "CPPO: Accelerating the Training of Group Relative Policy
+    Optimization-Based Reasoning Models", arXiv 2503.22342): keep only the ``k`` completions with the largest
+    ``|A|`` in each group. Returns a bool mask (ties broken by position).
+
+    Confirmed in the paper's abstract: completions with low absolute advantage are pruned, so only the
+    high-``|A|`` ones go through the gradient pass; the released tables use ``G = 16`` and ``k`` in
+    {8, 4, 2, 1}. Not confirmed: the tie-breaking rule (ours: earlier position wins)."""
     keep = torch.zeros_like(advantages, dtype=torch.bool)
     for g in torch.unique(group_ids):
         idx = (group_ids == g).nonzero().flatten()
         order = torch.argsort(advantages[idx].abs(), descending=True, stable=True)
         keep[idx[order[:k]]] = True
     return keep
+
+
+def cppo_extra_prompts(n_prompts: int, group_size: int, k: int) -> int:
+    """CPPO dynamic completion allocation: how many prompts to draw *beyond* ``n_prompts`` so that, once
+    every group is pruned to ``k`` completions, the kept completions still fill the nominal batch of
+    ``n_prompts * group_size``: ``ceil(n_prompts * G / k) - n_prompts`` (0 when ``k >= G``).
+
+    Confirmed in the paper's abstract: the slots freed by pruning are refilled with completions of
+    *additional questions* to keep the device busy. Not confirmed: whether the paper rounds the number of
+    extra questions up (ours: up, then :func:`cppo_fill` trims the surplus to the exact batch size) and
+    whether it generates the extra questions together with the nominal ones (ours: one generation call)."""
+    if k >= group_size:
+        return 0
+    return math.ceil(n_prompts * group_size / k) - n_prompts
+
+
+@torch.no_grad()
+def cppo_fill(advantages: Tensor, group_ids: Tensor, k: int, target: int) -> Tensor:
+    """CPPO prune-and-refill: prune every group to its top-``k`` completions by ``|A|`` (:func:`cppo_keep`),
+    then take groups in order of first appearance (the nominal prompts first, then the extra ones drawn by
+    :func:`cppo_extra_prompts`) until ``target`` completions are collected; a group cut short by the limit
+    gives its highest-``|A|`` completions. Returns the sorted indices of the training batch
+    (``min(target, groups * k)`` of them). Paper: Lin et al., 2025 (see :func:`cppo_keep`); the order in
+    which refill groups are consumed and the partial last group are our choices, not confirmed."""
+    picked: list[Tensor] = []
+    first = {}
+    for i, g in enumerate(group_ids.tolist()):
+        first.setdefault(g, i)
+    for g in sorted(first, key=first.get):
+        idx = (group_ids == g).nonzero().flatten()
+        order = torch.argsort(advantages[idx].abs(), descending=True, stable=True)
+        picked.append(idx[order[:k]])
+    out = torch.cat(picked)[:target] if picked else torch.zeros(0, dtype=torch.long)
+    return out.sort().values
 
 
 @DATA_SELECTORS.register("forking_tokens")
@@ -226,10 +264,15 @@ def semantic_entropy_scale(answers: list[str], group_ids: Tensor, alpha: float =
 @DATA_SELECTORS.register("d3s")
 @torch.no_grad()
 def d3s_select(advantages: Tensor, group_ids: Tensor, keep: int) -> Tensor:
-    """D^3S rollout-level step (seeds 001/004), simplified: per group keep the ``keep`` completions that
-    maximize the variance of the kept advantages (for a sorted 1-D set, an optimal subset takes
-    ``j`` from the top and ``keep - j`` from the bottom; all splits are tried). The token-level step
-    (top ``|A| * H``) and the keep-ratio annealing are not implemented. (confirm: not checked)"""
+    """D^3S sample level (Wang et al., 2025, "Learning More with Less: A Dynamic Dual-Level Down-Sampling
+    Framework for Efficient Policy Optimization", arXiv 2509.22115; seeds 001/004): per group keep the
+    ``keep`` completions that maximize the variance of the kept advantages (for a sorted 1-D set, an optimal
+    subset takes ``j`` from the top and ``keep - j`` from the bottom; all splits are tried). Returns a bool
+    mask.
+
+    Confirmed in the paper's abstract: the sample level selects the rollout subset maximizing ``Var(A)``
+    (shown to correlate with an upper bound on the policy-gradient norm). Not confirmed: the paper also has
+    cross-group variants; this is the per-group (intra-group) form, and the population variance is used."""
     out = torch.zeros_like(advantages, dtype=torch.bool)
     for g in torch.unique(group_ids):
         idx = (group_ids == g).nonzero().flatten()
@@ -245,6 +288,46 @@ def d3s_select(advantages: Tensor, group_ids: Tensor, keep: int) -> Tensor:
                 best, best_v = sel, v
         out[best] = True
     return out
+
+
+@torch.no_grad()
+def d3s_token_mask(advantages: Tensor, entropy: Tensor, mask: Tensor, ratio: float) -> Tensor:
+    """D^3S token level (Wang et al., 2025, arXiv 2509.22115): among the valid tokens of ``mask`` (pass the
+    completion mask of the rollouts kept by :func:`d3s_select`; other rows zeroed), keep the
+    ``ceil(ratio * n)`` tokens with the largest ``|A_{i,t}| * H_{i,t}`` (advantage magnitude times the
+    policy's token entropy) as the new 0/1 loss mask; ties are broken by position (row-major), at least one
+    token is kept, ``ratio >= 1`` returns ``mask`` unchanged.
+
+    Confirmed in the paper's abstract: tokens are prioritized by ``|A_{i,t}| x H_{i,t}``. Not confirmed:
+    whether the top fraction is taken over the whole batch (ours, like the 80/20 forking-token mask) or per
+    sequence / per group, and whether ``H`` is taken from the behaviour or the current policy (ours: the
+    recomputed ``pi_old`` pass, identical at the first epoch)."""
+    valid = (mask > 0).flatten()
+    n = int(valid.sum())
+    if ratio >= 1.0 or n == 0:
+        return mask
+    k = max(1, int(math.ceil(ratio * n - 1e-9)))
+    score = (advantages.abs() * entropy).flatten().masked_fill(~valid, -math.inf)
+    top = torch.argsort(score, descending=True, stable=True)[:k]
+    out = torch.zeros_like(valid)
+    out[top] = True
+    return out.view_as(mask).to(mask.dtype)
+
+
+def d3s_keep_ratio(step: int, total_steps: int, start: float, end: float) -> float:
+    """D^3S dynamic down-sampling schedule (Wang et al., 2025, arXiv 2509.22115): the token keep ratio at
+    RL step ``step`` (1-based), moving *linearly* from ``start`` at step 1 to ``end`` at ``total_steps``
+    (constant ``start`` for a one-step run; clamped outside the range).
+
+    Confirmed in the paper's abstract: the schedule is curriculum-inspired, starting with aggressive
+    down-sampling and gradually relaxing it over training. NOT confirmed: its functional form (the paper's
+    method section was not available here; linear is our choice), its start/end values (config keys
+    ``d3s_token_ratio_start`` / ``d3s_token_ratio_end``), and whether the sample level is annealed as well
+    (here the sample-level ``d3s_keep`` stays fixed)."""
+    if total_steps <= 1:
+        return start
+    frac = min(max((step - 1) / (total_steps - 1), 0.0), 1.0)
+    return start + (end - start) * frac
 
 
 @ADVANTAGES.register("spo")

@@ -69,8 +69,22 @@ class LMConfig:
     overlong_buffer: int = opt(0, "DAPO overlong shaping buffer L_buf in tokens (0 = off)", check=nonneg)
     overlong_factor: float = opt(1.0, "DAPO overlong penalty factor", check=nonneg)
     mask_truncated: bool = opt(False, "DAPO overlong filtering: no loss on truncated completions")
-    cppo_keep: int = opt(0, "CPPO: keep the k completions with largest |A| per group (0 = off)", check=nonneg)
+    cppo_keep: int = opt(
+        0,
+        "CPPO: keep the k completions with largest |A| per group and refill the batch with extra prompts (0 = off)",
+        check=nonneg,
+    )
     d3s_keep: int = opt(0, "D3S: keep the k completions maximizing Var(A) per group (0 = off)", check=nonneg)
+    d3s_token_ratio_start: float = opt(
+        1.0,
+        "D3S token level: fraction of tokens (top |A|*H) kept at the first RL step (1 = off)",
+        check=in_range(0, 1, lo_open=True),
+    )
+    d3s_token_ratio_end: float = opt(
+        1.0,
+        "D3S token level: fraction of tokens kept at the last RL step (linear in between)",
+        check=in_range(0, 1, lo_open=True),
+    )
     forking_top_frac: float = opt(
         0.0, "80/20: train only on the top fraction of high-entropy tokens (0 = off)", check=in_range(0, 1)
     )

@@ -144,7 +144,8 @@ _reg(
 )
 _reg(
     "cppo",
-    "CPPO: keep the k completions with largest |A| per group (Lin et al. 2025)",
+    "CPPO: prune each group to the k completions with largest |A|, refill the batch with the kept completions "
+    "of extra prompts (Lin et al. 2025)",
     advantage="grpo",
     policy_loss="ppo_clip",
     aggregation="seq-mean-token-mean",
@@ -160,11 +161,14 @@ _reg(
 )
 _reg(
     "d3s",
-    "D^3S (simplified): per-group subset maximizing Var(A) (seeds 001/004)",
+    "D^3S: per-group rollout subset maximizing Var(A), then top |A|*H tokens with a keep ratio annealed "
+    "linearly 0.2 -> 1.0 (schedule form unconfirmed) (Wang et al. 2025; seeds 001/004)",
     advantage="grpo",
     policy_loss="ppo_clip",
     aggregation="seq-mean-token-mean",
     d3s_keep=4,
+    d3s_token_ratio_start=0.2,
+    d3s_token_ratio_end=1.0,
 )
 _reg(
     "seed_grpo",

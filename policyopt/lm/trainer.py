@@ -4,7 +4,8 @@ Read top to bottom: set-up (task, tokenizer, model [+ LoRA], reference only if a
 resume) -> supervised warm-start (optional) -> held-out accuracy before RL -> for each step: sample
 prompts, generate G completions each (dynamic sampling refills if on), score with the reward set
 (components kept apart), shape (overlong), advantages from the shared registry, LM-only selection
-(CPPO / D3S / forking tokens / SEED scaling), then epochs x mini-batches of micro-batched gradient
+(CPPO prune + refill from extra prompts drawn up front / D3S rollout subset + annealed top |A|*H token
+mask / forking tokens / SEED scaling), then epochs x mini-batches of micro-batched gradient
 steps on a shared policy loss with *global* aggregation denominators, log (one host sync), checkpoint.
 """
 
@@ -157,6 +158,12 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
     eval_kw = dict(
         max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, temperature=cfg.temperature, top_p=cfg.top_p
     )
+    # CPPO: draw extra prompts so the completions kept after pruning fill the nominal batch
+    cppo_extra = A.cppo_extra_prompts(cfg.prompts_per_step, cfg.group_size, cfg.cppo_keep) if cfg.cppo_keep else 0
+    n_prompts = min(cfg.prompts_per_step + cppo_extra, len(task.train))
+    cppo_extra = n_prompts - cfg.prompts_per_step if cfg.cppo_keep else 0  # what was actually drawn
+    batch_target = cfg.prompts_per_step * cfg.group_size  # nominal rollout / training batch (completions)
+    d3s_tokens = cfg.d3s_token_ratio_start < 1 or cfg.d3s_token_ratio_end < 1
     ckpt_path = rundir.checkpoint_path(run_dir)
     step, sft_done, acc_before, last_kl = 0, 0, None, 0.0
     if resume:
@@ -225,11 +232,9 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
             while n_gen < (cfg.max_gen_batches if cfg.dynamic_sampling else 1):
                 if tracker is not None:
                     pr = tracker.priorities().numpy()
-                    idx = sample_rng.choice(
-                        len(task.train), cfg.prompts_per_step, replace=False, p=pr / pr.sum()
-                    )
+                    idx = sample_rng.choice(len(task.train), n_prompts, replace=False, p=pr / pr.sum())
                 else:
-                    idx = sample_rng.choice(len(task.train), cfg.prompts_per_step, replace=False)
+                    idx = sample_rng.choice(len(task.train), n_prompts, replace=False)
                 rows = [task.train[i] for i in idx]
                 ro = generate(
                     model,
@@ -252,17 +257,14 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                     ro2.rewards, ro2.components = total[informative], comps[informative]  # type: ignore
                     ro = ro2
                 parts.append(ro)
-                if (
-                    not cfg.dynamic_sampling
-                    or sum(len(p) for p in parts) >= cfg.prompts_per_step * cfg.group_size
-                ):
+                if not cfg.dynamic_sampling or sum(len(p) for p in parts) >= n_prompts * cfg.group_size:
                     break
             gen_time = time.time() - t0
             ro = Rollout.cat(parts)
             total = torch.cat([p.rewards for p in parts])
             comps = torch.cat([p.components for p in parts])
             if cfg.dynamic_sampling:
-                n_keep = min(len(ro), cfg.prompts_per_step * cfg.group_size)
+                n_keep = min(len(ro), n_prompts * cfg.group_size)
                 ro, total, comps = ro.select(torch.arange(n_keep)), total[:n_keep], comps[:n_keep]
             if len(ro) == 0:  # every group had identical rewards: nothing to learn from this step
                 logger.log(step, {"groups/zero_variance_frac": torch.stack(zero_var).mean()})
@@ -290,6 +292,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 and cfg.mini_batches == 1
                 and cfg.old_logp == "recompute"
                 and not cfg.forking_top_frac
+                and not d3s_tokens
                 and not cfg.kl_in_reward
             )
             with torch.no_grad():
@@ -330,12 +333,22 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 adv = adv * scale[:, None]
             keep = torch.ones(len(ro), dtype=torch.bool)
             seq_adv = (adv * cmask).sum(1) / cmask.sum(1).clamp(min=1)
-            if cfg.cppo_keep:
-                keep &= A.cppo_keep(seq_adv, ro.group_ids, cfg.cppo_keep)
+            select_metrics: dict = {}
+            if cfg.cppo_keep:  # prune each group to its top-k |A|, refill up to the nominal batch
+                fill = A.cppo_fill(seq_adv, ro.group_ids, cfg.cppo_keep, batch_target)
+                keep = torch.zeros(len(ro), dtype=torch.bool).index_fill_(0, fill, True)
+                select_metrics["select/cppo_extra_prompts"] = float(cppo_extra)
+                select_metrics["select/cppo_kept_frac"] = float(len(fill)) / len(ro)
             if cfg.d3s_keep:
                 keep &= A.d3s_select(seq_adv, ro.group_ids, cfg.d3s_keep)
             if cfg.forking_top_frac:
                 mask = A.high_entropy_mask(ent, mask, cfg.forking_top_frac)
+            if d3s_tokens:  # within the kept rollouts, only the top |A| * H tokens carry loss
+                ratio = A.d3s_keep_ratio(step, cfg.total_steps, cfg.d3s_token_ratio_start, cfg.d3s_token_ratio_end)
+                before = mask * keep[:, None].to(mask.dtype)
+                mask = A.d3s_token_mask(adv, ent, before, ratio)
+                select_metrics["select/d3s_token_ratio"] = ratio
+                select_metrics["select/d3s_token_frac"] = float(mask.sum()) / max(float(before.sum()), 1.0)
             if tracker is not None:
                 tracker.update(ro.prompt_index, raw_total.clamp(0, 1), last_kl)
             sel = keep.nonzero().flatten()
@@ -436,6 +449,8 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 "loss/policy": sums["loss/policy"].mean(),
                 "loss/total": sums["loss/total"].mean(),
                 "train/keep_frac": keep.float().mean(),
+                "select/train_batch": float(B),
+                **select_metrics,
             }
             if "grad_norm" in sums:
                 metrics["stats/grad_norm"] = sums["grad_norm"].mean()
