@@ -14,6 +14,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   # torch first, from the pinned CPU build, so nothing pulls a CUDA build.
   "$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/constraints.txt" -e "$root[dev,bench,lm,report,ray]"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$root/constraints.txt" -e "$root[dev,bench,lm,report,ray,video]"
   echo "$want" > "$stamp"
 fi

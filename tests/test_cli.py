@@ -128,3 +128,14 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(cli, tmp_pat
 
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+def test_eval_records_videos(cli, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = cli("train", "ppo", "--env", "CartPole-v1", "--out", str(out), *TINY)
+    assert code == 0, err
+    code, stdout, err = cli("eval", str(out), "--episodes", "2", "--video")
+    assert code == 0, err
+    videos = sorted((out / "videos").glob("*.mp4"))
+    assert len(videos) == 2 and all(v.stat().st_size > 1000 for v in videos)
+    assert json.loads(stdout)["episodes"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def _evaluate_video(act, env_id: str, episodes: int, seed: int, env_kwargs: dict
         import moviepy  # noqa: F401
     except ImportError:
         raise UserError("--video needs moviepy: pip install 'policyopt[video]'") from None
+    # Off-screen rendering: no display for pygame (classic control, Box2D); EGL for MuJoCo.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("MUJOCO_GL", "egl")
     env = gym.make(env_id, render_mode="rgb_array", **(env_kwargs or {}))
     env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda i: True, disable_logger=True)
     returns, lengths = [], []
