@@ -139,3 +139,18 @@ def test_eval_records_videos(cli, tmp_path):
     videos = sorted((out / "videos").glob("*.mp4"))
     assert len(videos) == 2 and all(v.stat().st_size > 1000 for v in videos)
     assert json.loads(stdout)["episodes"] == 2
+
+
+def test_async_vector_env_gives_the_same_run_as_sync(cli, tmp_path):
+    from policyopt.runs.checkpoint import load_checkpoint
+
+    finals = []
+    for mode in ("sync", "async"):
+        out = tmp_path / mode
+        code, _, err = cli("train", "ppo", "--env", "CartPole-v1", "--out", str(out), "--set", f"vectorization={mode}",
+                           *TINY)
+        assert code == 0, err
+        finals.append(load_checkpoint(out / "checkpoints" / "latest.safetensors")["model"])
+    import torch
+
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
