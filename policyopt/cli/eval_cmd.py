@@ -13,7 +13,8 @@ def add_parser(sub):
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int, default=None, help="evaluation episodes (control) or samples (LM)")
     p.add_argument("--video", action="store_true", help="record videos of the episodes into RUN_DIR/videos")
-    p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic policy")
+    p.add_argument("--stochastic", action="store_true",
+                   help="sample actions (control) or completions (language models) instead of acting greedily")
     return p
 
 
