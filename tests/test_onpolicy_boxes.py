@@ -174,3 +174,73 @@ def test_presets_registered_and_sampler_option_applies_to_ppo():
         assert algos.get(name).family == "control/on-policy"
     cfg = algos.build_config("ppo", sets={"sampler": "props", "props.buffer": 3})
     assert cfg.sampler == "props" and cfg.props.buffer == 3
+
+
+# ---- sampling error, PROPS' definition: a policy network fit by maximum likelihood -------------------
+def _mle_error(agent, obs, act, **fit):
+    from policyopt.control.sampling_error import SAMPLING_ERRORS
+
+    cfg = _cfg(sampling_error="mle", **{f"sampling_error_mle.{k}": v for k, v in {"every": 1, **fit}.items()})
+    est = SAMPLING_ERRORS.get("mle")(cfg, agent)
+    with torch.no_grad():
+        params = agent.dist_params(obs)
+    return est(1, agent, obs, act, params, torch.ones(obs.shape[0]))
+
+
+def test_mle_sampling_error_near_zero_on_policy_and_larger_when_skewed():
+    agent = _agent(3)
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(4096, 4, generator=g)
+    with torch.no_grad():
+        probs = torch.softmax(agent.dist_params(obs), -1)
+    on_policy = torch.multinomial(probs, 1, generator=g).squeeze(-1)
+    skew = torch.stack([probs[:, 0] * 0.6, probs[:, 1]], -1)  # action 0 under-sampled
+    skewed = torch.multinomial(skew / skew.sum(-1, keepdim=True), 1, generator=g).squeeze(-1)
+    before = [p.detach().clone() for p in agent.parameters()]
+    out_on = _mle_error(agent, obs, on_policy)
+    out_skew = _mle_error(agent, obs, skewed)
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.parameters()))  # the fit works on a copy
+    assert out_on["diag/sampling_error"].item() < 2e-3
+    assert out_skew["diag/sampling_error"].item() > 5 * out_on["diag/sampling_error"].item()
+    assert out_on["diag/sampling_error_fit_steps"].item() >= 1
+
+
+def test_mle_fit_recovers_empirical_frequencies_hand_sized():
+    from policyopt.control.sampling_error import MLEFitConfig, fit_empirical_policy
+
+    torch.manual_seed(0)
+    net = ActorCritic(1, gym.spaces.Discrete(3), (8,))
+    # two states, 4 samples each: state A -> actions (0, 0, 0, 1), state B -> (2, 2, 1, 1); one masked extra
+    obs = torch.tensor([[1.0]] * 4 + [[-1.0]] * 4 + [[1.0]])
+    act = torch.tensor([0, 0, 0, 1, 2, 2, 1, 1, 2])
+    mask = torch.tensor([1.0] * 8 + [0.0])
+    fitted, steps = fit_empirical_policy(net, net.dist, obs, act, mask,
+                                         MLEFitConfig(max_steps=3000, lr=3e-2, tol=1e-7, patience=50))
+    p = torch.softmax(fitted, -1)
+    assert torch.allclose(p[0], torch.tensor([0.75, 0.25, 0.0]), atol=0.02)
+    assert torch.allclose(p[4], torch.tensor([0.0, 0.5, 0.5]), atol=0.02)
+    assert steps < 3000  # stopped early once the NLL stalled
+
+
+def test_sampling_error_option_off_cheap_mle_and_old_bool_configs():
+    assert _cfg().sampling_error == "cheap"
+    assert algos.build_config("ppo", sets={"sampling_error": True}).sampling_error is True  # old run configs
+    with pytest.raises(Exception, match="sampling_error"):
+        algos.build_config("ppo", sets={"sampling_error": "nope"})
+
+
+def test_mle_diagnostic_does_not_change_training(tmp_path):
+    from policyopt.control.onpolicy import train
+    from policyopt.runs.checkpoint import load_checkpoint
+    from policyopt.runs.rundir import checkpoint_path
+
+    base = {"env_id": "CartPole-v1", "total_steps": 1024, "num_envs": 2, "n_steps": 128, "minibatch_size": 64,
+            "eval_episodes": 1, "log_every": 256, "progress": False, "sampling_error_mle.every": 2}
+    models, logged = [], []
+    for se in ("cheap", "mle"):
+        run = tmp_path / se
+        train(_cfg(**base, sampling_error=se), run)
+        models.append(load_checkpoint(checkpoint_path(run))["model"])
+        logged.append((run / "metrics.csv").read_text())
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    assert "diag/sampling_error_fit_steps" in logged[1] and "diag/sampling_error_fit_steps" not in logged[0]

@@ -12,7 +12,8 @@ buffer of past rollouts; policyopt/control/props.py), the *proximal* policy of t
 (``none``, ``mdpo``: annealed 1/t_k, ``fixpo``: adaptive beta plus fix-up phase; kl_control.py) and
 the advantage normalization (``minibatch``, ``batch``, ``none``, ``ewma``; proximal.py). PPO uses
 the defaults, for which the loop below does exactly what it did before the boxes existed. Every run
-logs PROPS' sampling-error diagnostic ``diag/sampling_error`` once per iteration (sampling_error.py).
+logs PROPS' sampling-error diagnostic ``diag/sampling_error`` (sampling_error.py; ``cheap`` every
+iteration by default, ``mle``: PROPS' network fit, every ``sampling_error_mle.every`` iterations).
 
 Correctness notes:
 - ``terminated`` and ``truncated`` are kept apart; a truncated episode is bootstrapped from the
@@ -49,7 +50,7 @@ from policyopt.control.normalize import ObsNormalizer, RewardNormalizer
 from policyopt.control.optim import LeanAdam, clip_grad_norm
 from policyopt.control.props import SAMPLERS, PropsConfig
 from policyopt.control.proximal import ADV_NORMS, PROXIMALS, EwmaConfig
-from policyopt.control.sampling_error import sampling_error
+from policyopt.control.sampling_error import SAMPLING_ERRORS, MLEFitConfig
 from policyopt.errors import NonFiniteLoss, UserError
 from policyopt.losses import AGGREGATIONS, POLICY_LOSSES, Aggregator, PolicyLossConfig, value_loss
 from policyopt.runs import rundir
@@ -103,7 +104,12 @@ class OnPolicyConfig:
     trust_region: str = opt("none", "KL coefficient control: none, mdpo (1/t_k annealing), fixpo (adaptive "
                             "beta + fix-up phase)", choices=TRUST_REGIONS)
     fixpo: FixPOConfig = dataclasses.field(default_factory=FixPOConfig)
-    sampling_error: bool = opt(True, "log the PROPS sampling-error diagnostic (diag/sampling_error) per iteration")
+    sampling_error: str | bool = opt("cheap", "PROPS' sampling-error diagnostic diag/sampling_error: off, cheap "
+                                     "(state-independent MLE tilt, every iteration), mle (policy network fit by "
+                                     "maximum likelihood, see sampling_error_mle); true/false = cheap/off",
+                                     check=lambda v: None if v in (True, False, *SAMPLING_ERRORS) else
+                                     f"must be one of {SAMPLING_ERRORS.names()} or a bool")
+    sampling_error_mle: MLEFitConfig = dataclasses.field(default_factory=MLEFitConfig)
     # networks
     hidden: tuple[int, ...] = opt((64, 64), "hidden layer sizes", check=all_positive)
     activation: str = opt("tanh", "hidden activation", choices=ACTIVATIONS)
@@ -203,6 +209,8 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
     proximal = PROXIMALS.get(cfg.proximal)(cfg, agent)
     region = TRUST_REGIONS.get(cfg.trust_region)(cfg, num_iterations)
     adv_norm = ADV_NORMS.get(cfg.adv_norm)(cfg)
+    se_name = {True: "cheap", False: "off"}.get(cfg.sampling_error, cfg.sampling_error)  # old bool configs
+    sampling_error = SAMPLING_ERRORS.get(se_name)(cfg, agent)  # diagnostic only: draws no random numbers
     boxes = {"sampler": sampler, "proximal": proximal, "trust_region": region, "adv_norm": adv_norm}
     needs_kl = getattr(policy_loss, "needs_kl_old", False) or region.needs_kl  # exact KL(pi || pi_old) per state
 
@@ -314,8 +322,9 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
             b_obs, b_act, b_logp, b_params = fb["obs"], fb["act"], fb["logp"], fb["params"]
             b_adv, b_ret, b_val, b_valid = adv_norm.batch(fb["adv"], fb["valid"]), fb["ret"], fb["val"], fb["valid"]
             n_update = b_obs.shape[0]
-            if cfg.sampling_error:  # PROPS' diagnostic: KL(empirical policy of the update data || pi_theta)
-                stats_acc["diag/sampling_error"].append(sampling_error(dist, b_params, b_act, b_valid))
+            # PROPS' diagnostic: KL(empirical policy of the update data || pi_theta)
+            for k, v in sampling_error(iteration, agent, b_obs, b_act, b_params, b_valid).items():
+                stats_acc[k].append(v)
 
             # ---- optimize ------------------------------------------------------------------------
             def kl_on(idx, obs=b_obs, old=b_params, valid=b_valid):  # per-state KL(pi || pi_old), for fix-ups
