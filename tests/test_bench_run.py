@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from policyopt.bench.runner import RESULT_COLUMNS
 from policyopt.cli.main import main
 
 TINY_SPEC = {
@@ -194,17 +195,7 @@ window.addEventListener('load', () => {
 
 
 # ---------------------------------------------------------------------------------------------- Ray
-COMPARED = [
-    "algo",
-    "target",
-    "seed",
-    "status",
-    "final_score",
-    "auc",
-    "normalized_score",
-    "num_evals",
-    "last_eval_step",
-]
+COMPARED = [c for c in RESULT_COLUMNS if c not in ("error", "run_dir")]  # everything but paths and messages
 
 
 def test_local_ray_gives_the_same_results_table(bench, tmp_path):

@@ -66,37 +66,15 @@ def evaluate_model(
     """Greedy held-out accuracy (sampled at ``temperature``/``top_p`` if ``stochastic``), and pass@k with k
     sampled completions per prompt if k > 0."""
     correct, passk = [], []
+    sampling = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop)
     for s in range(0, len(rows), batch):
         part = rows[s : s + batch]
         prompts = [r["prompt"] for r in part]
-        ro = generate(
-            model,
-            tok,
-            prompts,
-            torch.arange(len(part)),
-            0,
-            1,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            stop=stop,
-            greedy=not stochastic,
-        )
+        ro = generate(model, tok, prompts, torch.arange(len(part)), 0, 1, greedy=not stochastic, **sampling)
         _, comps = rewards(prompts, ro.completions, _fields(part))
         correct += (comps[:, acc_idx] >= 1.0 - 1e-6).tolist()
         if k > 0:
-            ro = generate(
-                model,
-                tok,
-                prompts,
-                torch.arange(len(part)),
-                0,
-                k,
-                temperature=temperature,
-                top_p=top_p,
-                max_new_tokens=max_new_tokens,
-                stop=stop,
-            )
+            ro = generate(model, tok, prompts, torch.arange(len(part)), 0, k, **sampling)
             rep = [r for r in part for _ in range(k)]
             _, comps = rewards([r["prompt"] for r in rep], ro.completions, _fields(rep))
             passk += (comps[:, acc_idx] >= 1.0 - 1e-6).reshape(len(part), k).any(1).tolist()
