@@ -310,3 +310,16 @@ def test_d3s_token_level_and_schedule(tmp_path):
     frac = _metric(out, "select/d3s_token_frac")
     assert 0.5 <= frac[0] < 0.75 and frac[1] == 1.0
     assert _metric(out, "select/train_batch") == [8.0, 8.0]  # d3s_keep=2 of G=4 for 4 prompts
+
+
+def test_run_stopped_before_its_final_evaluation_resumes_to_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "grpo", "--out", str(out), "--total-steps", "2", *FAST]) == 0
+    first = json.loads((out / "eval.json").read_text())
+    (out / "eval.json").unlink()
+    assert main(["train", "--resume", str(out)]) == 0
+    again = json.loads((out / "eval.json").read_text())
+    assert again["step"] == first["step"] == 2 and again["accuracy_before"] == first["accuracy_before"]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    assert "already finished" in capsys.readouterr().err

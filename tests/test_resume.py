@@ -53,3 +53,31 @@ def test_kill_and_resume_matches_uninterrupted_run(cli, tmp_path, env):
     # the metrics CSV has no duplicated rows after the resume point
     rows = [r.split(",")[:3] for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     assert len(rows) == len({tuple(r[::2]) for r in rows})
+
+
+TINY = {
+    "ppo": ["--env", "CartPole-v1", "--set", "num_envs=2", "--set", "n_steps=16", "--set", "minibatch_size=16",
+            "--total-steps", "64"],
+    "sac": ["--env", "Pendulum-v1", "--set", "actor_hidden=[16,16]", "--set", "critic_hidden=[16,16]",
+            "--set", "learning_starts=50", "--set", "eval_episodes=2", "--total-steps", "100"],
+}
+
+
+@pytest.mark.parametrize("algo", sorted(TINY))
+def test_run_stopped_before_its_final_evaluation_resumes_to_it(cli, tmp_path, algo):
+    """Killed after the last checkpoint but before the final evaluation: --resume only evaluates."""
+    import json
+
+    out = tmp_path / "run"
+    code, _, err = cli("train", algo, "--out", str(out), "--no-progress", "--set", "tensorboard=false", *TINY[algo])
+    assert code == 0, err
+    first = json.loads((out / "eval.json").read_text())
+    (out / "eval.json").unlink()
+    ckpt = (out / "checkpoints" / "latest.safetensors").read_bytes()
+    code, _, err = cli("train", "--resume", str(out))
+    assert code == 0, err
+    again = json.loads((out / "eval.json").read_text())
+    assert again["step"] == first["step"] and again["return_mean"] == first["return_mean"]
+    assert (out / "checkpoints" / "latest.safetensors").read_bytes() == ckpt  # no training happened
+    code, _, err = cli("train", "--resume", str(out))
+    assert code == 2 and "already finished" in err

@@ -334,10 +334,7 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
         )
         recent.extend(tuple(x) for x in state["recent"])
         if vec_step >= num_vec_steps:
-            raise UserError(
-                f"run {str(run_dir)!r} already finished {vec_step * N} steps; extend it with "
-                "`policyopt train --resume DIR --total-steps N`"
-            )
+            rundir.check_budget_left(run_dir, vec_step * N)
     else:
         draw_noise_std(torch.ones(N, dtype=torch.bool))
     logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=vec_step * N if resume else None)

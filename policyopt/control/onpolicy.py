@@ -228,8 +228,7 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
         for name, box in boxes.items():
             box.load_state_dict(state["boxes"][name])
         if iteration >= num_iterations:
-            raise UserError(f"run {str(run_dir)!r} already finished {global_step} steps; extend it with "
-                            "`policyopt train --resume DIR --total-steps N`")
+            rundir.check_budget_left(run_dir, global_step)
     logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=global_step if resume else None)
 
     # Rollout storage, preallocated.

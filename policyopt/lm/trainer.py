@@ -156,10 +156,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
         if tracker is not None and "spo" in state:
             tracker.load_state_dict(state["spo"])
         if step >= cfg.total_steps:
-            raise UserError(
-                f"run {str(run_dir)!r} already finished {step} steps; extend it with "
-                "`policyopt train --resume DIR --total-steps N`"
-            )
+            rundir.check_budget_left(run_dir, step)
     ref = Reference(model, lora) if use_ref else None  # after resume: the reference is the RL starting point
     logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=step if resume else None)
     samples_path = run_dir / "samples.jsonl"

@@ -35,6 +35,15 @@ def prepare_new(run_dir: str | Path) -> Path:
     return p
 
 
+def check_budget_left(run_dir: str | Path, steps_done: int) -> None:
+    """On ``--resume`` of a run whose training budget is already spent: if its final evaluation exists there
+    is nothing left to do (a clear error); otherwise the run was stopped between its last checkpoint and
+    its final evaluation, and the trainer goes straight to that evaluation."""
+    if (Path(run_dir) / "eval.json").exists():
+        raise UserError(f"run {str(run_dir)!r} already finished {steps_done} steps; extend it with "
+                        "`policyopt train --resume DIR --total-steps N`")
+
+
 def write_info(run_dir: str | Path, **info: Any) -> None:
     path = Path(run_dir) / "run.json"
     current = json.loads(path.read_text()) if path.exists() else {}
