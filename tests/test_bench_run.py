@@ -104,6 +104,22 @@ def test_changed_config_is_refused(bench, capsys):
     assert "different config" in capsys.readouterr().err
 
 
+def test_cell_stopped_before_its_final_evaluation_is_resumed(bench, capsys):
+    d, spec, _ = bench
+    rows = {(r["algo"], int(r["seed"])): r for r in read_results(d / "out")}
+    run_dir = Path(rows[("ppo", 2)]["run_dir"])
+    ckpt = (run_dir / "checkpoints" / "latest.safetensors").read_bytes()
+    (run_dir / "eval.json").unlink()  # as if killed after the last checkpoint, before the final evaluation
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    capsys.readouterr()
+    assert main(["bench", str(spec), "--out", str(d / "out"), "--workers", "1", "--no-report"]) == 1
+    assert "2 already finished, 2 to run" in capsys.readouterr().out
+    again = {(r["algo"], int(r["seed"])): r for r in read_results(d / "out")}[("ppo", 2)]
+    assert again["status"] == "finished" and again["final_score"] == rows[("ppo", 2)]["final_score"]
+    assert (run_dir / "checkpoints" / "latest.safetensors").read_bytes() == ckpt  # resumed, not retrained
+
+
 # ---------------------------------------------------------------------------------------------- report
 def _chromium() -> str:
     exe = shutil.which("chromium") or "/usr/bin/chromium"

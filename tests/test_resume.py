@@ -79,5 +79,8 @@ def test_run_stopped_before_its_final_evaluation_resumes_to_it(cli, tmp_path, al
     again = json.loads((out / "eval.json").read_text())
     assert again["step"] == first["step"] and again["return_mean"] == first["return_mean"]
     assert (out / "checkpoints" / "latest.safetensors").read_bytes() == ckpt  # no training happened
+    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    finals = [r for r in rows if r[2] == "eval/return_mean" and int(r[0]) == first["step"]]
+    assert len(finals) == 1  # the first final evaluation's rows were cut back with the checkpoint's row count
     code, _, err = cli("train", "--resume", str(out))
     assert code == 2 and "already finished" in err

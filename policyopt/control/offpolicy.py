@@ -337,7 +337,8 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
             rundir.check_budget_left(run_dir, vec_step * N)
     else:
         draw_noise_std(torch.ones(N, dtype=torch.bool))
-    logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=vec_step * N if resume else None)
+    logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=vec_step * N if resume else None,
+                          resume_rows=state.get("metrics_rows") if resume else None)
     tracker = AutoresetTracker(N)
 
     def begin_env_epoch(epoch: int) -> Tensor:
@@ -376,6 +377,7 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
                 "actor_opt": actor_opt.state_dict(),
                 "critic_opt": critic_opt.state_dict(),
                 "log_alpha": log_alpha.detach(),
+                "metrics_rows": logger.rows,
                 "obs_norm": obs_norm.state_dict(),
                 "noise_std": noise_std,
                 "rng": rng_state(),

@@ -229,7 +229,8 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
             box.load_state_dict(state["boxes"][name])
         if iteration >= num_iterations:
             rundir.check_budget_left(run_dir, global_step)
-    logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=global_step if resume else None)
+    logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=global_step if resume else None,
+                          resume_rows=state.get("metrics_rows") if resume else None)
 
     # Rollout storage, preallocated.
     act_shape = envs.single_action_space.shape
@@ -269,7 +270,7 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
         save_checkpoint(ckpt_path, {
             "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "obs_norm": obs_norm.state_dict(),
             "rew_norm": rew_norm.state_dict(), "rng": rng_state(), "recent": [list(x) for x in recent],
-            "boxes": {name: box.state_dict() for name, box in boxes.items()},
+            "boxes": {name: box.state_dict() for name, box in boxes.items()}, "metrics_rows": logger.rows,
             "counters": {"iteration": iteration, "global_step": global_step, "env_epoch": env_epoch}})
 
     obs = begin_env_epoch(env_epoch)

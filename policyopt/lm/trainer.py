@@ -158,7 +158,8 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
         if step >= cfg.total_steps:
             rundir.check_budget_left(run_dir, step)
     ref = Reference(model, lora) if use_ref else None  # after resume: the reference is the RL starting point
-    logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=step if resume else None)
+    logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=step if resume else None,
+                          resume_rows=state.get("metrics_rows") if resume else None)
     samples_path = run_dir / "samples.jsonl"
 
     def save() -> None:
@@ -169,6 +170,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 "optimizer": (opt if sft_done >= cfg.sft_steps else sft_opt).state_dict(),
                 "rng": rng_state(),
                 "acc_before": acc_before,
+                "metrics_rows": logger.rows,
                 "counters": {"step": step, "sft_done": sft_done, "last_kl": last_kl},
                 **({"spo": tracker.state_dict()} if tracker is not None else {}),
             },

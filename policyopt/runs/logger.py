@@ -17,16 +17,21 @@ class MetricLogger:
     """Log scalar metrics under uniform names (``loss/policy``, ``stats/clip_frac``, ``eval/return``...).
 
     Values may be tensors; they are converted in one batch per call, so a trainer syncs with the host
-    once per logging step, not once per metric. On resume, rows after the checkpoint step are dropped
-    so the CSV has no duplicates.
+    once per logging step, not once per metric. ``rows`` counts the CSV rows written so far; trainers store
+    it in their checkpoint, and on resume (``resume_rows``) the CSV is cut back to exactly the rows that
+    existed at that checkpoint, so nothing is duplicated (e.g. a final evaluation logged after the last
+    checkpoint). ``resume_step`` purges later TensorBoard events and, for checkpoints without a row count,
+    cuts the CSV by step.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None,
+                 resume_rows: int | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.dir / "metrics.csv"
-        if resume_step is not None and self.csv_path.exists():
-            self._truncate(resume_step)
+        self.rows = 0
+        if (resume_step is not None or resume_rows is not None) and self.csv_path.exists():
+            self._truncate(resume_step, resume_rows)
         new = not self.csv_path.exists()
         self._f = open(self.csv_path, "a", newline="")
         self._w = csv.writer(self._f)
@@ -36,17 +41,19 @@ class MetricLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=resume_step)
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=purge)
         self._t0 = time.time()
 
-    def _truncate(self, step: int) -> None:
+    def _truncate(self, step: int | None, rows: int | None) -> None:
         with open(self.csv_path, newline="") as f:
-            rows = list(csv.reader(f))
-        keep = [r for r in rows[1:] if r and int(float(r[0])) <= step]
+            data = [r for r in list(csv.reader(f))[1:] if r]
+        keep = data[:rows] if rows is not None else [r for r in data if int(float(r[0])) <= step]
         with open(self.csv_path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(CSV_HEADER)
             w.writerows(keep)
+        self.rows = len(keep)
 
     def log(self, step: int, metrics: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
         names = list(metrics)
@@ -59,6 +66,7 @@ class MetricLogger:
             if math.isnan(v):
                 continue
             self._w.writerow([step, now, n, f"{v:.7g}"])
+            self.rows += 1
             if self._tb is not None:
                 self._tb.add_scalar(n, v, step)
         self._f.flush()
