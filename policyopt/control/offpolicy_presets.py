@@ -12,6 +12,12 @@ from policyopt.control.offpolicy import OffPolicyConfig
 TRAIN, EVAL = "policyopt.control.offpolicy:train", "policyopt.control.offpolicy:evaluate_run"
 FAMILY = "control/off-policy"
 
+
+def _off_policy(name: str, doc: str, defaults: dict, presets: dict) -> None:
+    """Register a preset of the one off-policy trainer."""
+    register(Algorithm(name=name, family=FAMILY, config=OffPolicyConfig, trainer=TRAIN, evaluator=EVAL, doc=doc,
+                       defaults=defaults, presets=presets))
+
 # rl-zoo3 MuJoCo SAC/TD3: 10k random steps, 1M steps (SB3 defaults otherwise).
 _MUJOCO = dict(learning_starts=10_000, total_steps=1_000_000, checkpoint_every=100_000, eval_every=50_000)
 _MUJOCO_ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
@@ -43,17 +49,11 @@ SAC_PRESETS = {
     ),
     **{e: dict(_MUJOCO) for e in _MUJOCO_ENVS},
 }
-register(
-    Algorithm(
-        name="sac",
-        family=FAMILY,
-        config=OffPolicyConfig,
-        trainer=TRAIN,
-        evaluator=EVAL,
-        defaults=SAC,
-        doc="SAC, tanh-Gaussian actor, twin soft Q critics, automatic temperature (Haarnoja et al., 2018)",
-        presets=SAC_PRESETS,
-    )
+_off_policy(
+    name="sac",
+    defaults=SAC,
+    doc="SAC, tanh-Gaussian actor, twin soft Q critics, automatic temperature (Haarnoja et al., 2018)",
+    presets=SAC_PRESETS,
 )
 
 TD3 = dict(
@@ -88,32 +88,20 @@ TD3_PRESETS = {
     ),
     **{e: dict(_MUJOCO, actor_lr=3e-4, critic_lr=3e-4) for e in _MUJOCO_ENVS},
 }
-register(
-    Algorithm(
-        name="td3",
-        family=FAMILY,
-        config=OffPolicyConfig,
-        trainer=TRAIN,
-        evaluator=EVAL,
-        defaults=TD3,
-        doc="TD3, clipped double Q, target policy smoothing, delayed actor (Fujimoto et al., 2018)",
-        presets=TD3_PRESETS,
-    )
+_off_policy(
+    name="td3",
+    defaults=TD3,
+    doc="TD3, clipped double Q, target policy smoothing, delayed actor (Fujimoto et al., 2018)",
+    presets=TD3_PRESETS,
 )
 
 # DDPG as a TD3 configuration (as in SB3): one critic, no target smoothing, actor updated every step.
 DDPG = dict(TD3, n_critics=1, policy_delay=1, target_noise=0.0)
-register(
-    Algorithm(
-        name="ddpg",
-        family=FAMILY,
-        config=OffPolicyConfig,
-        trainer=TRAIN,
-        evaluator=EVAL,
-        defaults=DDPG,
-        doc="DDPG as a TD3 configuration: one critic, no smoothing, no delay (Lillicrap et al., 2016)",
-        presets=TD3_PRESETS,
-    )
+_off_policy(
+    name="ddpg",
+    defaults=DDPG,
+    doc="DDPG as a TD3 configuration: one critic, no smoothing, no delay (Lillicrap et al., 2016)",
+    presets=TD3_PRESETS,
 )
 
 # FastTD3: many parallel envs, large batches, C51 twin critic, per-env exploration std in [0.001, 0.4],
@@ -169,30 +157,18 @@ FASTTD3_PRESETS = {
         for e in _MUJOCO_ENVS
     },
 }
-register(
-    Algorithm(
-        name="fasttd3",
-        family=FAMILY,
-        config=OffPolicyConfig,
-        trainer=TRAIN,
-        evaluator=EVAL,
-        defaults=FASTTD3,
-        doc="FastTD3: TD3 with many envs, large batches, a C51 twin critic (Seo et al., 2025)",
-        presets=FASTTD3_PRESETS,
-    )
+_off_policy(
+    name="fasttd3",
+    defaults=FASTTD3,
+    doc="FastTD3: TD3 with many envs, large batches, a C51 twin critic (Seo et al., 2025)",
+    presets=FASTTD3_PRESETS,
 )
 
 # Off-policy MDPO: SAC's losses plus a KL(pi || pi_old) term; pi_old refreshed every 1000 actor steps.
 MDPO_OFF = dict(SAC, mdpo_kl_coef=1.0, mdpo_anneal=True, mdpo_refresh_every=1000)
-register(
-    Algorithm(
-        name="mdpo_off",
-        family=FAMILY,
-        config=OffPolicyConfig,
-        trainer=TRAIN,
-        evaluator=EVAL,
-        defaults=MDPO_OFF,
-        doc="Off-policy MDPO: SAC plus KL proximity to the previous actor (Tomar et al., 2020)",
-        presets={k: dict(v) for k, v in SAC_PRESETS.items()},
-    )
+_off_policy(
+    name="mdpo_off",
+    defaults=MDPO_OFF,
+    doc="Off-policy MDPO: SAC plus KL proximity to the previous actor (Tomar et al., 2020)",
+    presets={k: dict(v) for k, v in SAC_PRESETS.items()},
 )
