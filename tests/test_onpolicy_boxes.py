@@ -88,14 +88,20 @@ def _agent(seed=0):
 
 
 def test_ewma_adv_norm_hand_computed():
+    # openai/ppo-ewma EwmaMoments: once per iteration, batch moments weighted by the sample count
     norm = ADV_NORMS.get("ewma")(_cfg(**{"ewma.adv_decay": 0.5}))
-    ones = torch.ones(2)
-    assert torch.allclose(norm.minibatch(torch.tensor([1.0, 3.0]), ones), torch.tensor([-1.0, 1.0]), atol=1e-6)
-    # second minibatch: debiased mean 3.5/0.75, second moment 19.75/0.75
-    mean, sq = 3.5 / 0.75, 19.75 / 0.75
-    std = math.sqrt(sq - mean**2)
-    out = norm.minibatch(torch.tensor([5.0, 7.0]), ones)
-    assert torch.allclose(out, torch.tensor([(5 - mean) / std, (7 - mean) / std]), atol=1e-5)
+    assert torch.equal(norm.minibatch(torch.tensor([4.0, 9.0]), torch.ones(2)), torch.tensor([4.0, 9.0]))
+    out = norm.batch(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1.0, 1.0, 0.0]))  # third sample masked
+    assert torch.allclose(out, torch.tensor([-1.0, 1.0, 0.0]), atol=1e-6)
+    # second batch: 4 samples, mean 6, var 5. N = 0.5*2 + 4 = 5, S1 = 0.5*4 + 24 = 26,
+    # S2 = 0.5*(2*(1 + 4)) + 4*(5 + 36) = 169 -> mean 5.2, var 169/5 - 5.2^2 = 6.76, std 2.6
+    out = norm.batch(torch.tensor([3.0, 5.0, 7.0, 9.0]), torch.ones(4))
+    assert torch.allclose(out, (torch.tensor([3.0, 5.0, 7.0, 9.0]) - 5.2) / 2.6, atol=1e-5)
+    state = norm.state_dict()
+    again = ADV_NORMS.get("ewma")(_cfg(**{"ewma.adv_decay": 0.5}))
+    again.load_state_dict(state)
+    assert torch.allclose(again.batch(torch.tensor([0.0, 2.0]), torch.ones(2)),
+                          norm.batch(torch.tensor([0.0, 2.0]), torch.ones(2)))
 
 
 def test_ewma_proximal_update_and_decoupled_objective():
@@ -106,8 +112,17 @@ def test_ewma_proximal_update_and_decoupled_objective():
         for p in agent.parameters():
             p.add_(1.0)
     prox.after_step(agent)
+    # debiased EWMA (openai/ppo-ewma EwmaModel): W = 0.75 * 1 + 1 = 1.75, p_prox = (0.75 p0 + (p0 + 1)) / 1.75
     for p0, pp in zip(before, prox.net.parameters()):
-        assert torch.allclose(pp, p0 + 0.25, atol=1e-6)  # 0.75 * p0 + 0.25 * (p0 + 1)
+        assert torch.allclose(pp, p0 + 1 / 1.75, atol=1e-6)
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(1.0)
+    prox.after_step(agent)
+    # W = 0.75 * 1.75 + 1 = 2.3125; p_prox = (0.75^2 p0 + 0.75 (p0 + 1) + (p0 + 2)) / 2.3125
+    for p0, pp in zip(before, prox.net.parameters()):
+        assert torch.allclose(pp, p0 + (0.75 + 2) / 2.3125, atol=1e-6)
+    assert prox.state_dict()["total_weight"].item() == pytest.approx(2.3125)
 
     obs, act = torch.randn(6, 4), torch.tensor([0, 1, 1, 0, 1, 0])
     adv = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 0.2])
@@ -123,6 +138,23 @@ def test_ewma_proximal_update_and_decoupled_objective():
     direct = (w * torch.maximum(-adv * r, -adv * r.clamp(0.8, 1.2))).mean()
     assert loss.item() == pytest.approx(direct.item(), abs=1e-6)
     assert stats["prox_is_weight_mean"].item() == pytest.approx(w.mean().item(), abs=1e-6)
+
+
+def test_ewma_importance_weight_cap_hand_computed():
+    # pi_prox / max(pi_behav, pi / imp_samp_max): behaviour prob 1e-4 and pi 0.5 -> denominator 0.5 / 100
+    agent = _agent()
+    prox = PROXIMALS.get("ewma")(_cfg(**{"ewma.imp_samp_max": 100.0}), agent)
+    obs, act = torch.randn(2, 4), torch.tensor([0, 1])
+    with torch.no_grad():
+        params = agent.dist_params(obs)
+    lp = agent.dist.log_prob(params, act)  # the proximal copy equals the policy here
+    logp_behav = torch.tensor([math.log(1e-4), lp[1].item()])
+    pb, _ = prox.policy_batch(agent.dist, params, obs, act, logp_behav, None, torch.ones(2), torch.ones(2))
+    expected = torch.tensor([100.0, 1.0])  # pi_prox / (pi / 100) = 100; uncapped sample: pi_prox / pi_behav = 1
+    assert torch.allclose(pb.advantages.reshape(-1), expected, rtol=1e-5)
+    uncapped = PROXIMALS.get("ewma")(_cfg(**{"ewma.imp_samp_max": 0.0}), agent)
+    pb, _ = uncapped.policy_batch(agent.dist, params, obs, act, logp_behav, None, torch.ones(2), torch.ones(2))
+    assert pb.advantages.reshape(-1)[0].item() == pytest.approx(lp[0].exp().item() / 1e-4, rel=1e-4)
 
 
 # ---- MDPO and FixPO controllers ---------------------------------------------------------------------
@@ -167,6 +199,65 @@ def test_fixpo_fixup_guarantees_trust_region():
     with torch.no_grad():
         assert agent.dist.kl(agent.dist_params(obs), old).max().item() <= 0.05
     assert ctl.fixup(kl_on, opt, list(agent.parameters()), 64)["fixpo/fixup_steps"] == 0  # already satisfied
+
+
+def test_kl_direction_follows_trust_region_controller():
+    # FixPO's reference code (FixPOPolicy.learn) penalizes kl_divergence(old_dist, dist) = KL(pi_old || pi);
+    # MDPO's (mdpo_on/mdpo.py) KL(pi || pi_old). Hand-computed for one 2-action state.
+    new, old = torch.log(torch.tensor([[0.8, 0.2]])), torch.log(torch.tensor([[0.5, 0.5]]))
+    kl_new_old = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
+    kl_old_new = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    dist, obs, act = Categorical(2), torch.zeros(1, 4), torch.tensor([0])
+    for region, loss, expected in (("fixpo", "kl_proximal", kl_old_new), ("mdpo", "kl_proximal", kl_new_old),
+                                   ("none", "ppo_clip", kl_new_old)):
+        box = PROXIMALS.get("behaviour")(_cfg(trust_region=region, policy_loss=loss), _agent())
+        pb, _ = box.policy_batch(dist, new, obs, act, torch.log(torch.tensor([0.5])), old, torch.ones(1), torch.ones(1))
+        assert pb.kl_old.reshape(-1).item() == pytest.approx(expected, abs=1e-6), region
+        assert TRUST_REGIONS.get(region).kl(dist, new, old).item() == pytest.approx(expected, abs=1e-6)
+
+
+# ---- PROPS behaviour updates (NicholasCorrado/PPOROS update_props / main) ------------------------------
+def _props_sampler(**props):
+    from policyopt.control.props import PropsSampler
+
+    cfg = _cfg(sampler="props", num_envs=2, minibatch_size=64, **{f"props.{k}": v for k, v in props.items()})
+    agent = _agent(5)
+    g = torch.Generator().manual_seed(1)
+    rollout = {"obs": torch.randn(8, 2, 4, generator=g), "act": torch.randint(0, 2, (8, 2), generator=g),
+               "valid": torch.ones(8, 2)}
+    return PropsSampler(cfg, agent, agent.dist), agent, rollout
+
+
+def test_props_stops_before_the_step_that_would_exceed_target_kl():
+    sampler, agent, rollout = _props_sampler(target_kl=1e-9, epochs=50, minibatch_size=4, every=2)
+    out = sampler._adapt(8, agent, rollout)
+    # first minibatch: pi_phi = pi_theta, KL 0 -> one step; second: KL > 1e-9 -> stop without stepping
+    assert out["props/steps"].item() == 1
+    assert out["props/kl"].item() > 1e-9
+
+
+def test_props_resets_behaviour_to_target_before_every_adaptation():
+    sampler, agent, rollout = _props_sampler(target_kl=1e-9, epochs=50, minibatch_size=4, every=2)
+    sampler._adapt(4, agent, rollout)
+    with torch.no_grad():
+        for p in sampler.behaviour.parameters():
+            p.add_(3.0)  # far from pi_theta: without a reset the first KL check would stop at 0 steps
+    assert sampler._adapt(8, agent, rollout)["props/steps"].item() == 1
+
+
+def test_props_clips_the_behaviour_gradient_norm():
+    seen = []
+    sampler, agent, rollout = _props_sampler(target_kl=10.0, epochs=1, minibatch_size=16, max_grad_norm=1e-3,
+                                             kl_coef=0.0)
+    step = sampler.optimizer.step
+
+    def spy(*a, **k):
+        seen.append(torch.sqrt(sum((p.grad**2).sum() for p in sampler.behaviour.parameters() if p.grad is not None)))
+        return step(*a, **k)
+
+    sampler.optimizer.step = spy
+    sampler._adapt(8, agent, rollout)
+    assert seen and all(n.item() <= 1e-3 * (1 + 1e-4) for n in seen)
 
 
 def test_presets_registered_and_sampler_option_applies_to_ppo():

@@ -6,25 +6,36 @@ that coefficient per iteration or per gradient step and may add extra gradient s
 ``mdpo`` -- on-policy MDPO (Tomar, Shani, Efroni & Ghavamzadeh, "Mirror Descent Policy
 Optimization", ICLR 2022): each iteration approximately solves
 ``max_theta E_s[ E_{a~pi_theta}[A_k(s,a)] - (1/t_k) KL(s; pi_theta, pi_theta_k) ]`` with several SGD
-steps (confirmed in the authors' blog post, found with the search tool: objective and KL direction
-``KL(pi_theta || pi_theta_k)``). The step size is annealed ``t_k = 1 - k/K`` over the K iterations of
-training (our recollection of the paper's on-policy setting; the passage was not retrievable). We
-use ``t_k = 1 - (k-1)/K`` for iterations ``k = 1..K`` so it never reaches 0; the coefficient is
-``proximal_coef / t_k`` (``proximal_coef`` = 1 reproduces ``1/t_k``).
+steps. Confirmed in the authors' code (manantomar/Mirror-Descent-Policy-Optimization
+``mdpo_on/mdpo.py``): loss ``-mean(r A) + mean KL(pi || pi_old) / t_k`` with the exact KL in that
+direction (``policy_pi...kl(old_policy...)``), advantages standardized over the batch, ``sgd_steps``
+full-batch Adam steps per iteration (lr 3e-4, grad norm 0.5; the README runs on-policy MDPO with
+``--sgd_steps=10``), the value function trained separately. The schedule there is
+``t = 1 - (i - 1)/K`` for ``i = 0..K-1``, i.e. ``t_k = 1 - (k - 2)/K`` for our ``k = 1..K`` (1 + 1/K at
+the first iteration, 2/K at the last). We use ``t_k = 1 - (k - 1)/K`` (1 at the first, 1/K at the
+last: the same linear anneal one iteration earlier, never 0); the paper's own passage was not
+retrievable (stored pages: abstract, introduction and the authors' blog post, which gives the
+objective and the KL direction). The coefficient is ``proximal_coef / t_k`` (``proximal_coef`` = 1
+reproduces ``1/t_k``). Our presets keep PPO's per-environment minibatching and epochs instead of the
+reference's 10 full-batch steps.
 
 ``fixpo`` -- FixPO (Zentner, Puri, Huang & Sukhatme, "Guaranteed Trust Region Optimization via
-Two-Phase KL Penalization", arXiv 2312.05405). Confirmed from the abstract: KL penalization alone
-"is nearly sufficient" to enforce a trust region, and a "fixup" phase guarantees it on every update
-"while adding fewer than 5% additional gradient steps in practice". Mechanics confirmed by reading a
-public tianshou implementation that still uses the method's earlier name (xPPO): the primary phase
-minimises ``-A r + beta * KL`` per minibatch and after each step takes one Adam step (lr
-``beta_lr``) on ``beta * (eps_kl - c_beta * max_s KL)``, projecting ``beta >= 0``; after each epoch
-the fix-up phase sweeps the batch in minibatches and, on every minibatch whose max per-state KL
-exceeds ``eps_kl``, takes a gradient step on ``beta * mean KL`` (and updates beta), until a whole
-sweep has no violation. Deviation: that code measures ``KL(pi_old || pi)``; we use the trainer's
-exact ``KL(pi || pi_old)`` for both the penalty and the guarantee. The guarantee we give is for the
-KL we check, on the rollout's states. Defaults (eps_kl 0.2, c_beta 2, beta_lr 0.01, beta_0 1) are
-that code's; the paper's own table was not retrievable.
+Two-Phase KL Penalization", arXiv 2312.05405). From the abstract: KL penalization alone "is nearly
+sufficient" to enforce a trust region, and a "fixup" phase guarantees it on every update "while
+adding fewer than 5% additional gradient steps in practice". Mechanics and defaults confirmed in the
+authors' tianshou implementation (class ``FixPOPolicy``, file ``fixpo_tianshou*.py`` of the repository
+whose README is "Fixup Policy Optimization (FixPO)"; found with the search tool): the primary phase
+minimises ``-mean(r A) + beta * mean KL`` per minibatch and after each step takes one Adam step
+(lr ``beta_lr`` = 0.01) on ``beta * (eps_kl - c_beta * max_s KL)``, projecting ``beta >= 0``; after
+each epoch the fix-up phase sweeps the batch in minibatches of ``fixup_minibatch_size`` = 1024 and, on
+every minibatch whose max per-state KL exceeds ``eps_kl``, takes a gradient step on ``beta * mean KL``
+(and updates beta), until a whole sweep has no violation; ``eps_kl`` 0.2, ``c_beta`` 2, ``beta_0`` 1.
+The KL there is ``kl_divergence(old_dist, dist)`` = KL(pi_old || pi); the authors' later library
+(krzentner/ubrl ``torch_trainer.py``) uses the same direction. We therefore use KL(pi_old || pi)
+(``kl_old_first`` below, read by the proximal box for the primary phase). The fix-up KL comes from
+the trainer's ``kl_on`` (policyopt/control/onpolicy.py), which computes KL(pi || pi_old) until it
+calls ``region.kl``; see the issue-5 report. ``max_fixup_steps`` is our safety cap (not in the
+reference). The guarantee we give is for the KL we check, on the rollout's states.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ TRUST_REGIONS: Registry = Registry("trust-region controller")
 
 @dataclass
 class FixPOConfig:
-    eps_kl: float = opt(0.2, "trust region: max per-state KL(pi || pi_old) allowed after every update",
+    eps_kl: float = opt(0.2, "trust region: max per-state KL(pi_old || pi) allowed after every update",
                         check=positive)
     c_beta: float = opt(2.0, "beta grows while c_beta * max KL > eps_kl (primary phase aims at eps_kl / c_beta)",
                         check=positive)
@@ -57,7 +68,14 @@ class FixPOConfig:
 class NoControl:
     """Keep ``loss.proximal_coef`` fixed; no extra gradient steps."""
 
-    needs_kl = False  # whether after_step reads the per-state KL(pi || pi_old) of the minibatch
+    needs_kl = False  # whether after_step reads the per-state KL of the minibatch
+    kl_old_first = False  # KL(pi || pi_old) (MDPO); True: KL(pi_old || pi) (FixPO's reference code)
+
+    @classmethod
+    def kl(cls, dist, new, old):
+        """Per-state KL between the current (``new``) and old distribution parameters, in this
+        controller's direction."""
+        return dist.kl(old, new) if cls.kl_old_first else dist.kl(new, old)
 
     def __init__(self, cfg, num_iterations: int):
         self.cfg = cfg
@@ -110,6 +128,7 @@ class FixPO(NoControl):
     """FixPO: adaptive KL penalty beta (primary phase) + fix-up phase guaranteeing max KL <= eps_kl."""
 
     needs_kl = True
+    kl_old_first = True
 
     def __init__(self, cfg, num_iterations: int):
         super().__init__(cfg, num_iterations)
@@ -134,7 +153,8 @@ class FixPO(NoControl):
         self._update_beta(masked_max(pb.kl_old.detach(), pb.mask))
 
     def fixup(self, kl_on, optimizer, params, batch_size: int) -> dict:
-        """``kl_on(idx) -> (per-state KL with grad, valid mask)``; sweep until no minibatch violates."""
+        """``kl_on(idx) -> (per-state KL with grad, valid mask)``, KL as ``self.kl``; sweep until no minibatch
+        violates."""
         steps, mb = 0, self.fx.fixup_minibatch_size
         while True:
             violated = False

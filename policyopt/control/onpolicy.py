@@ -327,8 +327,8 @@ def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dic
                 stats_acc[k].append(v)
 
             # ---- optimize ------------------------------------------------------------------------
-            def kl_on(idx, obs=b_obs, old=b_params, valid=b_valid):  # per-state KL(pi || pi_old), for fix-ups
-                return dist.kl(agent.dist_params(obs[idx]), old[idx]), valid[idx]
+            def kl_on(idx, obs=b_obs, old=b_params, valid=b_valid):  # per-state KL, controller's direction
+                return region.kl(dist, agent.dist_params(obs[idx]), old[idx]), valid[idx]
 
             for _epoch in range(cfg.epochs):
                 # one minibatch per epoch: the whole batch in order, no shuffle or gather needed

@@ -4,24 +4,41 @@
 
 ``props`` -- Proximal Robust On-Policy Sampling (Corrado & Hanna, "On-Policy Policy Gradient
 Reinforcement Learning Without On-Policy Sampling", arXiv 2311.08290). A separate behaviour policy
-``pi_phi`` acts. At the start of every iteration it is reset to a copy of the target ``pi_theta``;
-every ``props.every`` environment steps (summed over sub-envs) it is adapted on the buffer -- the
-previous ``props.buffer - 1`` iterations' data plus this iteration's data so far -- by minimising
-the ``props`` loss (clipped ratio ``pi_phi/pi_theta`` with advantage -1, range ``props.clip``, plus
-``props.kl_coef * KL(pi_theta || pi_phi)``), stopping early once ``KL(pi_theta || pi_phi)`` exceeds
-``props.target_kl``. Sampled actions thus become less likely and under-sampled ones more likely,
-so the *aggregate* buffer looks more like on-policy data of ``pi_theta``. The target update (PPO)
-uses the whole buffer as on-policy data of ``pi_theta``: log-probs, distribution parameters, values
-and advantages of stored rollouts are recomputed with the current networks (no importance weights).
-The behaviour optimizer (Adam) persists across iterations. With ``props.epochs=0`` this is PPO with
-a buffer of the last b rollouts and on-policy sampling (the paper's PPO-BUFFER baseline).
+``pi_phi`` acts. Every ``props.every`` environment steps (summed over sub-envs) it is reset to a copy of
+the target ``pi_theta`` and adapted on the buffer -- the previous ``props.buffer - 1`` iterations'
+data plus this iteration's data so far -- by minimising the ``props`` loss (clipped ratio
+``pi_phi/pi_theta`` with advantage -1, range ``props.clip``, plus ``props.kl_coef * KL(pi_theta ||
+pi_phi)``; gradients clipped to norm ``props.max_grad_norm``). Before each gradient step the
+minibatch's ``KL(pi_theta || pi_phi)`` is checked and adaptation stops, without that step, once it
+exceeds ``props.target_kl``. Sampled actions thus become less likely and under-sampled ones more
+likely, so the *aggregate* buffer looks more like on-policy data of ``pi_theta``. The target update
+(PPO) uses the whole buffer as on-policy data of ``pi_theta``: log-probs, distribution parameters,
+values and advantages of stored rollouts are recomputed with the current networks (no importance
+weights). The behaviour optimizer (Adam) is created once and persists. With ``props.epochs=0`` this
+is PPO with a buffer of the last b rollouts and on-policy sampling (the paper's PPO-BUFFER baseline).
 
-Confirmed (abstract; summaries of the paper found with the search tool): behaviour policy that
-raises the probability of under-sampled actions, data of past iterations kept, clipped objective +
-KL regularizer, early stop at ``delta_PROPS``, periodic behaviour updates, PPO on the buffer.
-Not confirmed (the method section and hyperparameter tables were not retrievable): the default
-values below (our recollection of the paper's discrete-task settings) and whether the behaviour
-optimizer is re-created each iteration.
+Source check (issue 5). The paper's method section and hyperparameter tables could not be retrieved
+(the stored arXiv v2/v3, ar5iv and OpenReview pages give only the abstract and introduction), so the
+mechanics were checked against the authors' code, NicholasCorrado/PPOROS ``PROPS/ppo_props_continuous.py``
+and its discrete sibling (``update_props``, ``main``), and NicholasCorrado/PROPS ``ppo_discrete.py``:
+
+- confirmed: objective ``mean(max(r, clip(r, 1-eps, 1+eps))) + lambda * KL``, ``r = pi_phi/pi_theta``;
+  behaviour policy copied from the target before *every* behaviour update (we reset only once per
+  iteration before; fixed); early stop tested *before* the step (we stepped first; fixed); gradient
+  norm clipped at 0.5 (we had none; fixed); one Adam optimizer for the whole run; buffer of b target
+  batches (the authors' ring buffer also drops its oldest m steps, we use exactly the data of the next
+  target update).
+- KL regularizer direction: the discrete code uses a one-sample term ``pi_theta(a|s) (log pi_theta -
+  log pi_phi)`` (aiming at KL(pi_theta || pi_phi)), the continuous code the closed-form Gaussian
+  KL(pi_phi || pi_theta) averaged over action dimensions. We keep the exact KL(pi_theta || pi_phi)
+  of /work/shared/algorithms.md; the two directions agree to second order near ``pi_theta``. The
+  early-stop statistic there is the estimator ``mean((r - 1) - log r)`` of KL(pi_theta || pi_phi);
+  we use the exact value.
+- defaults differ between code versions, so none is "the paper's": clip 0.3, lambda 0.1, target KL
+  0.03, lr 1e-3, b = 2 are the ``Args`` defaults of PROPS ``ppo_discrete.py`` (PPOROS discrete: clip
+  0.3, lambda 0.3, target KL 0.1, 4 epochs x 4 minibatches, m = 32; continuous: clip 0.1, lambda 0.1,
+  target KL 0.01, lr 1e-4, 16 epochs x 16 minibatches, m = 1024). Our ``epochs`` (16) and
+  ``minibatch_size`` (256) are our own choice, not confirmed.
 """
 
 from __future__ import annotations
@@ -55,6 +72,7 @@ class PropsConfig:
     epochs: int = opt(16, "passes over the buffer per adaptation (0 = PPO-BUFFER: on-policy sampling)",
                       check=nonneg)
     minibatch_size: int = opt(256, "behaviour-policy minibatch size", check=positive)
+    max_grad_norm: float = opt(0.5, "clip the behaviour update's gradient norm to this (0 = off)", check=nonneg)
 
 
 @SAMPLERS.register("policy")
@@ -114,6 +132,7 @@ class PropsSampler(OnPolicySampler):
 
     def _adapt(self, t, agent, rollout):
         obs_dim = rollout["obs"].shape[-1]
+        self.behaviour.load_state_dict(agent.state_dict())  # every adaptation starts from pi_theta
         parts = list(self.blocks) + [{k: rollout[k][:t] for k in ("obs", "act", "valid")}]
         obs = torch.cat([b["obs"].reshape(-1, obs_dim) for b in parts])
         if obs.shape[0] == 0:
@@ -124,7 +143,7 @@ class PropsSampler(OnPolicySampler):
             target = agent.dist_params(obs)
             logp_target = self.dist.log_prob(target, act)
         n, mb = obs.shape[0], min(self.p.minibatch_size, obs.shape[0])
-        steps, last = 0, {}
+        steps, last = 0, {}  # last: stats of the last minibatch seen
         for _ in range(self.p.epochs):
             perm = torch.randperm(n)
             for start in range(0, n - mb + 1, mb):
@@ -134,13 +153,16 @@ class PropsSampler(OnPolicySampler):
                 pb = PolicyBatch.from_steps(self.dist.log_prob(params, act[idx]), logp_target[idx],
                                             torch.full((mb,), -1.0), valid[idx], kl)
                 agg = Aggregator.for_batch("token-mean", pb.mask)
-                loss, last = POLICY_LOSSES.get("props")(pb, self.loss_cfg, agg)
+                loss, stats = POLICY_LOSSES.get("props")(pb, self.loss_cfg, agg)
+                if float(stats["props_kl"]) > self.p.target_kl:  # stop before stepping further away
+                    return self._stats(steps, stats)
+                last = stats
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.p.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self.behaviour.parameters(), self.p.max_grad_norm)
                 self.optimizer.step()
                 steps += 1
-                if float(last["props_kl"]) > self.p.target_kl:
-                    return self._stats(steps, last)
         return self._stats(steps, last)
 
     @staticmethod

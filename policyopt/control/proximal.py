@@ -11,29 +11,41 @@ average (EWMA) of the policy's past weights, and the clipped objective becomes::
 Because ``pi_prox / pi_behav > 0`` does not depend on ``theta``, this equals PPO's clipped surrogate
 with ``logp_old = log pi_prox`` and advantages ``A * pi_prox/pi_behav`` (the clip acts on ``r`` and the
 sign of ``A`` only), so :class:`EwmaProximal` feeds any registered loss (``ppo_clip`` for ppo_ewma)
-such a batch. The EWMA is updated after every gradient step: ``w_prox <- d * w_prox + (1-d) * w``.
-The paper also normalizes advantages with EWMA estimates of their mean and variance instead of
-per-minibatch statistics (``adv_norm=ewma``), so normalization does not depend on minibatch size.
+such a batch. After every gradient step the EWMA is updated with debiasing,
+``W <- d W + 1``, ``w_prox <- (d W_old / W) w_prox + (1 / W) w`` (``W`` starts at 1, the initial copy),
+so early on it is not dominated by the initial weights. The importance weight is capped as
+``pi_prox / max(pi_behav, pi_theta / imp_samp_max)`` (``imp_samp_max`` 100; 0 disables) for numerical
+stability with stale data. Advantages can be normalized with EWMA estimates of their mean and
+variance (``adv_norm=ewma``): once per iteration, with the whole batch's mean and variance weighted
+by its sample count, then the whole batch is whitened with the running estimates.
 
-Confirmed in the paper (introduction, via the search tool): the decoupling, the behaviour-policy
-role of the importance weights, "an exponentially-weighted moving average (EWMA) of the policy
-network's weights as the network for the proximal policy", and (a summary of the method) that
-batch size-invariance needs Adam step size, EWMA decay and advantage-normalization adjustments.
-Not confirmed (method section not retrievable): the exact adjustment formulas; we use lr
-proportional to batch size and decays keeping the EWMA's age in *examples* fixed,
-``d' = d ** k`` for a batch ``k`` times larger (see benchmarks/seeds/batch_size_invariance).
+Source check (issue 5). Confirmed in the paper's introduction (stored pages, arXiv 2110.00641): the
+decoupling, the behaviour-policy role of the importance weights, an EWMA of the policy network's
+weights as the proximal policy. Confirmed in the authors' code (openai/ppo-ewma): the objective
+(``ppo.py`` ``compute_losses``: ``-A exp(logp - logp_adj)`` maxed with ``-A exp(clip(log r) + logp_prox -
+logp_adj)``, ``logp_adj = max(logp_behav, logp.detach() - log imp_samp_max)``, ``imp_samp_max`` 100),
+the EWMA update after every policy gradient step with the debiasing above (``ppg.py`` ``EwmaModel``),
+and the advantage moments (``ppo.py`` ``EwmaMoments`` / ``compute_advantage``: per iteration,
+count-weighted, whole batch). We previously updated the moments per minibatch and used an undebiased
+weight EWMA without a cap; all three fixed. The reference's default ``adv_ewma_decay`` is 0 (plain
+per-batch whitening); our default 0.9 is not confirmed. Not confirmed (the paper's method section
+was not retrievable): the exact batch-size adjustments. We use Adam lr proportional to batch size
+and decays keeping the EWMA ages fixed in examples, ``d' = d ** k`` for a batch ``k`` times larger
+(see benchmarks/seeds/batch_size_invariance).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from policyopt.advantages.functional import whiten
-from policyopt.config import in_range, opt
+from policyopt.config import in_range, nonneg, opt
+from policyopt.control.kl_control import TRUST_REGIONS
 from policyopt.losses import PolicyBatch, masked_mean
 from policyopt.losses.aggregation import masked_max
 from policyopt.registry import Registry
@@ -45,8 +57,10 @@ ADV_NORMS: Registry = Registry("advantage normalization")
 @dataclass
 class EwmaConfig:
     prox_decay: float = opt(0.9, "proximal policy EWMA decay per gradient step (ppo_ewma)", check=in_range(0, 1))
-    adv_decay: float = opt(0.9, "advantage mean/variance EWMA decay per minibatch (adv_norm=ewma)",
+    adv_decay: float = opt(0.9, "advantage mean/variance EWMA decay per iteration (adv_norm=ewma)",
                            check=in_range(0, 1))
+    imp_samp_max: float = opt(100.0, "cap on pi / pi_behav in the importance weight (ppo_ewma; 0 = no cap)",
+                              check=nonneg)
 
 
 # ---- proximal policy -------------------------------------------------------------------------------
@@ -55,10 +69,10 @@ class BehaviourProximal:
     """PPO: the proximal policy is the policy whose parameters the data carries (no IS weight)."""
 
     def __init__(self, cfg, agent):
-        pass
+        self.kl = TRUST_REGIONS.get(cfg.trust_region).kl  # KL direction of the trust-region controller
 
     def policy_batch(self, dist, params_new, obs, act, logp_old, params_old, adv, mask, with_kl=True):
-        kl = dist.kl(params_new, params_old) if with_kl else None
+        kl = self.kl(dist, params_new, params_old) if with_kl else None
         pb = PolicyBatch.from_steps(dist.log_prob(params_new, act), logp_old, adv, mask, kl)
         return pb, {}
 
@@ -78,28 +92,37 @@ class EwmaProximal:
 
     def __init__(self, cfg, agent):
         self.decay = cfg.ewma.prox_decay
+        self.log_cap = math.log(cfg.ewma.imp_samp_max) if cfg.ewma.imp_samp_max > 0 else None
+        self.kl = TRUST_REGIONS.get(cfg.trust_region).kl
         self.net = copy.deepcopy(agent).requires_grad_(False)
+        self.total_weight = 1.0  # sum of the EWMA's weights (the initial copy counts 1)
 
     def policy_batch(self, dist, params_new, obs, act, logp_old, params_old, adv, mask, with_kl=True):
+        logp_new = dist.log_prob(params_new, act)
         with torch.no_grad():
             prox = self.net.dist_params(obs)
             logp_prox = dist.log_prob(prox, act)
-            w = torch.exp(logp_prox - logp_old)  # pi_prox / pi_behav
-        kl = dist.kl(params_new, prox) if with_kl else None
-        pb = PolicyBatch.from_steps(dist.log_prob(params_new, act), logp_prox, w * adv, mask, kl)
+            logp_adj = logp_old if self.log_cap is None else torch.maximum(logp_old, logp_new - self.log_cap)
+            w = torch.exp(logp_prox - logp_adj)  # pi_prox / pi_behav, capped
+        kl = self.kl(dist, params_new, prox) if with_kl else None
+        pb = PolicyBatch.from_steps(logp_new, logp_prox, w * adv, mask, kl)
         m = mask[:, None]
         return pb, {"prox_is_weight_mean": masked_mean(w[:, None], m), "prox_is_weight_max": masked_max(w[:, None], m)}
 
     @torch.no_grad()
     def after_step(self, agent) -> None:
+        total = self.decay * self.total_weight + 1.0
         for p_prox, p in zip(self.net.parameters(), agent.parameters(), strict=True):
-            p_prox.lerp_(p, 1 - self.decay)
+            p_prox.lerp_(p, 1.0 / total)  # (d W / W') p_prox + (1 / W') p
+        self.total_weight = total
 
     def state_dict(self) -> dict:
-        return {"net": self.net.state_dict()}
+        return {"net": self.net.state_dict(), "total_weight": torch.tensor(self.total_weight, dtype=torch.float64)}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
+        # checkpoints from before the debiasing carry no weight: their EWMA is at its steady state
+        self.total_weight = float(state.get("total_weight", 1.0 / (1.0 - self.decay)))
 
 
 # ---- advantage normalization ---------------------------------------------------------------------
@@ -145,26 +168,32 @@ class BatchAdvNorm(_AdvNorm):
 
 @ADV_NORMS.register("ewma")
 class EwmaAdvNorm(_AdvNorm):
-    """Normalize with debiased EWMAs of the advantages' mean and second moment across minibatches
-    (Hilton et al., 2022), so the statistics do not depend on the minibatch size."""
+    """Whiten each iteration's batch with EWMAs of the advantages' mean and variance across iterations,
+    each batch weighted by its number of valid samples (Hilton et al., 2022; openai/ppo-ewma
+    ``EwmaMoments``): ``N <- d N + n``, ``S1 <- d S1 + n mean``, ``S2 <- d S2 + n (var + mean^2)``,
+    mean ``S1 / N``, variance ``S2 / N - (S1 / N)^2``."""
 
     def __init__(self, cfg):
         self.decay = cfg.ewma.adv_decay
-        self.mean, self.sq, self.weight = torch.zeros(()), torch.zeros(()), torch.zeros(())
+        self.count, self.sum, self.sumsq = torch.zeros((), dtype=torch.float64), torch.zeros(
+            (), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
 
-    def minibatch(self, adv, mask):
-        m = mask.to(adv.dtype)
-        n = m.sum().clamp(min=1)
+    def batch(self, adv, valid):
+        m = valid.to(adv.dtype)
+        n = m.sum()
+        mean = (adv * m).sum() / n.clamp(min=1)
+        var = (((adv - mean) ** 2) * m).sum() / n.clamp(min=1)
         d = self.decay
-        self.mean = d * self.mean + (1 - d) * (adv * m).sum() / n
-        self.sq = d * self.sq + (1 - d) * (adv**2 * m).sum() / n
-        self.weight = d * self.weight + (1 - d)  # debiasing, as in Adam
-        mean, sq = self.mean / self.weight, self.sq / self.weight
-        std = (sq - mean**2).clamp(min=0).sqrt()
-        return (adv - mean) / (std + 1e-8) * m
+        self.count = d * self.count + n.double()
+        self.sum = d * self.sum + (n * mean).double()
+        self.sumsq = d * self.sumsq + (n * (var + mean**2)).double()
+        mu = self.sum / self.count.clamp(min=1e-12)
+        sd = (self.sumsq / self.count.clamp(min=1e-12) - mu**2).clamp(min=0).sqrt()
+        return (adv - mu.to(adv.dtype)) / (sd.to(adv.dtype) + 1e-8) * m
 
     def state_dict(self):
-        return {"mean": self.mean, "sq": self.sq, "weight": self.weight}
+        return {"count": self.count, "sum": self.sum, "sumsq": self.sumsq}
 
     def load_state_dict(self, state):
-        self.mean, self.sq, self.weight = state["mean"], state["sq"], state["weight"]
+        if "count" in state:
+            self.count, self.sum, self.sumsq = state["count"], state["sum"], state["sumsq"]

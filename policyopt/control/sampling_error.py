@@ -5,13 +5,17 @@ Sampling", arXiv 2311.08290) measures sampling error as a KL divergence between 
 policy ``pi_D`` of the data -- the maximum-likelihood policy given the buffer's (s, a) pairs -- and
 the current policy ``pi_theta``.
 
-What the search tool confirmed (abstract of arXiv 2311.08290 v2/v3 and its ar5iv page): sampling
-error is the mismatch between the data and "the expected on-policy distribution" of the current
-policy, PROPS is claimed to decrease it "throughout training", and it is measured on the data the
-update uses (the buffer, this rollout plus kept past ones). What could NOT be confirmed (the method
-section and appendix were not retrievable; the public PROPS code was only visible as anonymous
-import lines): the KL direction, how ``pi_D`` is fit for continuous states, and over which states
-the KL is averaged. We use what we believe the paper does and what the brief asks for:
+Source check (issue 5). The paper's method section and appendix were not retrievable (stored arXiv
+v2/v3, ar5iv and OpenReview pages stop after the introduction). The authors' code
+(NicholasCorrado/PPOROS ``PROPS/ppo_props_continuous.py`` ``compute_se``; NicholasCorrado/PROPS
+``ppo_discrete.py`` ``compute_se``) confirms the direction and the fit: ``pi_D`` is a copy of the
+target policy network trained by maximum likelihood (Adam, lr 1e-3, a fixed 250-300 epochs, gradient
+norm clipped; the PPOROS version freezes the weight matrices of the first two actor layers, "as in the ROS paper"), on
+the buffer the update uses, and the reported number is the sample average over the buffer's (s, a)
+of ``log pi_D(a|s) - log pi_theta(a|s)``, i.e. a Monte-Carlo estimate of KL(pi_D || pi_theta), the
+same for discrete and continuous actions. Our ``mle`` estimator keeps the direction and the data but
+uses the exact per-state KL instead of the sampled log-ratio, trains all layers and stops on a
+patience rule instead of a fixed epoch count; ``cheap`` is our own estimator (not in the paper):
 
     sampling_error = mean over valid states s in the update data of KL(pi_D(.|s) || pi_theta(.|s)),
     pi_D = argmax_phi sum_{(s, a) in D} log pi_phi(a|s),

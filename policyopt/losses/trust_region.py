@@ -11,14 +11,15 @@ a KL regularizer weighted by ``proximal_coef`` (PROPS' lambda) keeps ``pi_phi`` 
     loss = agg( max(r, clip(r, 1 - eps, 1 + eps)) + lambda * KL ),   r = pi_phi(a|s) / pi_theta(a|s)
 
 (``max(-A r, -A clip(r))`` with ``A = -1``.) ``b.kl_old`` must hold the per-state regularizer; the
-PROPS sampler passes ``KL(pi_theta || pi_phi)`` there, the direction in the paper's summary
+PROPS sampler passes ``KL(pi_theta || pi_phi)`` there, the direction in the project's algorithm map
 (/work/shared/algorithms.md), not ``KL(pi || pi_old)`` as for other losses.
 
-Confirmed from the paper (abstract, via the search tool): the behaviour policy "increases the
-probability of sampling actions that are under-sampled w.r.t. the current policy" and PROPS keeps
-past data; from the search tool's paper summaries: a clipped objective plus KL regularizer with an
-early stop once ``KL(pi_theta || pi_phi)`` exceeds ``delta_PROPS``. Not confirmed (the paper's method
-section was not retrievable): the exact default values of eps_PROPS and lambda.
+Source check (issue 5): the paper's method section was not retrievable (arXiv v2/v3, ar5iv and
+OpenReview pages stored only up to the introduction); the objective was confirmed in the authors' code
+(NicholasCorrado/PPOROS ``PROPS/ppo_props_continuous.py`` ``update_props``: ``mean(max(ratio,
+clamp(ratio, 1 - eps, 1 + eps))) + props_lambda * KL``, ratio ``pi_phi / pi_theta``). The KL direction
+differs between the authors' discrete and continuous code (see policyopt/control/props.py); we keep
+KL(pi_theta || pi_phi). Defaults live in ``PropsConfig`` (policyopt/control/props.py).
 """
 
 from __future__ import annotations
