@@ -63,6 +63,99 @@ def test_spo_tracker_update_and_advantage():
     torch.testing.assert_close(adv, torch.tensor([1.0, -1.0]) / math.sqrt(2.0), atol=1e-5, rtol=1e-5)
 
 
+def test_bnpo_matches_reference_recipe_by_hand():
+    # Reference (changyi7231/BNPO compute_bnpo_outcome_advantage): p = group means, m/v = mean and unbiased
+    # variance of the batch's per-prompt p, a = (m(1-m)/v - 1) m, b = (m(1-m)/v - 1)(1-m),
+    # alpha = max(1 + a/3, 1), beta = max(1 + b/3, 1), adv = (R - p) / Beta(alpha, beta).pdf(p).
+    r = torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    # p = (0.25, 0.75, 1.0): m = 2/3, v = ((5/12)^2 + (1/12)^2 + (1/3)^2) / 2 = 0.1770833...
+    m, v = 2 / 3, ((5 / 12) ** 2 + (1 / 12) ** 2 + (1 / 3) ** 2) / 2
+    c = m * (1 - m) / v - 1  # 0.254902...
+    alpha, beta = 1 + c * m / 3, 1 + c * (1 - m) / 3
+    assert A.bnpo_params(m, v) == (pytest.approx(alpha), pytest.approx(beta))
+    norm = math.gamma(alpha + beta) / (math.gamma(alpha) * math.gamma(beta))
+
+    def pdf(p):
+        return norm * p ** (alpha - 1) * (1 - p) ** (beta - 1)
+
+    expected = [(ri - p) / pdf(p) if 0 < p < 1 else 0.0
+                for ri, p in zip(r.tolist(), [0.25] * 4 + [0.75] * 4 + [1.0] * 4)]
+    adv, _ = ADVANTAGES.get("bnpo")(AdvantageInputs(rewards=r, group_ids=g), AdvantageConfig())
+    torch.testing.assert_close(adv, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    # negative method-of-moments parameters are clamped to the uniform density (alpha = beta = 1)
+    assert A.bnpo_params(0.5, 0.3) == (1.0, 1.0)  # 0.25 / 0.3 - 1 < 0
+    # a single prompt in the batch: uniform density, i.e. the Dr. GRPO advantage
+    r1, g1 = torch.tensor([1.0, 0, 0, 1]), torch.zeros(4, dtype=torch.long)
+    adv1, _ = ADVANTAGES.get("bnpo")(AdvantageInputs(rewards=r1, group_ids=g1), AdvantageConfig())
+    torch.testing.assert_close(adv1, torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    # the 1/pdf weight is capped at 1e6 like the reference (pdf ~ 0 near p -> 0 with alpha >> 1)
+    capped = A.bnpo_advantages(torch.tensor([1.0] + [0.0] * 99), torch.zeros(100, dtype=torch.long), 50.0, 1.0)
+    assert capped[0].item() == pytest.approx(0.99 * 1e6, rel=1e-4)
+
+
+def test_spo_per_prompt_drift_and_rho_like_reference():
+    # Reference (verl-recipe spo): D = token-mean |logp_then - logp_now| per prompt; rho = 2^(-D/0.06)
+    # clamped to [0.875, 0.96].
+    then = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, 0.0]])
+    now = torch.tensor([[-1.03, -1.97, -3.0], [-1.0, -1.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    d = A.spo_policy_drift(then, now, mask)
+    torch.testing.assert_close(d, torch.tensor([0.02, 0.0]))  # (0.03 + 0.03 + 0) / 3; padded token ignored
+    t = A.SPOTracker(3)
+    # D = 0.02: 2^(-1/3) = 0.794 is below the floor -> 0.875; D = 0 (first visit): 1 -> ceiling 0.96
+    torch.testing.assert_close(t.rho(d), torch.tensor([0.875, 0.96]))
+    assert t.rho(0.005).item() == pytest.approx(2 ** (-0.005 / 0.06))  # 0.9439, inside the band
+    t.update(torch.tensor([0, 1]), torch.tensor([1.0, 0.0]), kl=torch.tensor([0.005, 1.0]))
+    r0 = 2 ** (-0.005 / 0.06)
+    assert t.a[0].item() == pytest.approx(r0 * 0.5 + 1) and t.b[0].item() == pytest.approx(r0 * 0.5)
+    assert t.a[1].item() == pytest.approx(0.875 * 0.5) and t.b[1].item() == pytest.approx(0.875 * 0.5 + 1)
+    # sampling weight sqrt(v (1 - v)) + 0.05
+    v0 = t.value(torch.tensor([0])).item()
+    assert t.priorities()[0].item() == pytest.approx(math.sqrt(v0 * (1 - v0)) + 0.05)
+    assert t.priorities()[2].item() == pytest.approx(0.5 + 0.05)
+
+
+def test_spo_tracker_keeps_each_prompts_last_response_for_the_drift():
+    t = A.SPOTracker(4, max_len=3)
+    rows, comps, then = t.stored(torch.tensor([0, 2]))
+    assert len(rows) == 0 and comps == []  # nothing seen yet: D = 0 for every prompt
+    t.remember(torch.tensor([2, 0]), [[5, 6], [7, 8, 9, 10]], [torch.tensor([-0.5, -1.0]),
+                                                                torch.tensor([-1.0, -2.0, -3.0, -4.0])])
+    rows, comps, then = t.stored(torch.tensor([1, 2, 0]))
+    assert rows.tolist() == [1, 2] and comps == [[5, 6], [7, 8, 9]]  # truncated to the buffer length
+    torch.testing.assert_close(then, torch.tensor([[-0.5, -1.0, 0.0], [-1.0, -2.0, -3.0]]))
+    t.remember(torch.tensor([2]), [[4]], [torch.tensor([-0.25])])  # the newest response replaces the old
+    assert t.stored(torch.tensor([2]))[1] == [[4]]
+    u = A.SPOTracker(4, max_len=3)
+    u.load_state_dict(t.state_dict())
+    assert u.stored(torch.tensor([0, 2]))[1] == [[7, 8, 9], [4]]
+
+
+def test_forking_mask_equals_batch_quantile_rule():
+    # TRL's implementation of the 80/20 paper keeps tokens with entropy >= quantile_0.8 of the batch's valid
+    # tokens; the top-ceil(0.2 n) rule selects the same set.
+    gen = torch.Generator().manual_seed(0)
+    for n_cols in range(1, 14):
+        ent = torch.rand(3, n_cols, generator=gen)
+        mask = (torch.rand(3, n_cols, generator=gen) > 0.3).float()
+        if mask.sum() == 0:
+            continue
+        ours = A.high_entropy_mask(ent, mask, 0.2).bool()
+        thr = torch.quantile(ent[mask.bool()], 0.8)
+        ref = (ent >= thr) & mask.bool()
+        assert torch.equal(ours, ref), n_cols
+
+
+def test_lm_presets_use_reference_coefficients():
+    from policyopt import algos
+
+    assert algos.get("cpgd").defaults["loss"] == {"drift_coef": 0.01}  # MM-EUREKA --policy_drift_coef 0.01
+    assert algos.get("opmd").defaults["loss"] == {"opmd_tau": 0.2}  # REC regularizer_coef 0.1 = tau / 2
+    assert algos.get("spo").defaults["loss"] == {"clip_eps_low": 0.2, "clip_eps_high": 0.28}
+    assert PolicyLossConfig().asymre_delta == 0.1  # REC "forward-kl" regularizer_coef 0.1
+
+
 def test_dynamic_sampling_and_overlong():
     keep = A.informative_groups(torch.tensor([1.0, 1, 0, 1]), torch.tensor([0, 0, 1, 1]))
     assert keep.tolist() == [False, False, True, True]

@@ -69,11 +69,11 @@ HAND = {
             -_grpo_adv(REWARDS)
             * torch.clamp(lp - lo, torch.log(torch.tensor(0.8)), torch.log(torch.tensor(1.2))),
         )
-        + 0.1 * (torch.exp(lp - lo) - 1 - (lp - lo))
+        + 0.01 * (torch.exp(lp - lo) - 1 - (lp - lo))  # preset drift coefficient (ratios here stay < 3)
     ),
     # one token per sequence: the GSPO sequence ratio is the token ratio, with GSPO's tight clip range
     "gspo": lambda lp, lo: _clip(lp, lo, _grpo_adv(REWARDS), 3e-4, 4e-4),
-    "opmd": lambda lp, lo: -_grpo_adv(REWARDS, False) * lp + 0.5 * (lp - lo) ** 2,
+    "opmd": lambda lp, lo: -_grpo_adv(REWARDS, False) * lp + 0.1 * (lp - lo) ** 2,  # tau / 2, tau = 0.2
     "asymre": lambda lp, lo: -(_grpo_adv(REWARDS, False) + 0.1) * lp,  # baseline mean - delta
 }
 

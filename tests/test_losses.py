@@ -253,6 +253,32 @@ def test_cpgd_clips_in_log_space():
     assert stats["clip_frac_high"].item() == pytest.approx(0.5)
 
 
+def test_cpgd_drift_weight_capped_at_two_like_reference():
+    # Reference (siiRL dp_actor): drift gradient weight min(r - 1, 2). r = 2 -> weight 1 (k3 value 1 - log 2);
+    # r = 5 -> weight capped at 2, value (2 - log 3) + 2 (log 5 - log 3). A = 0 isolates the drift term.
+    b = make_batch(ratio=[[2.0, 5.0]], adv=[[0.0, 0.0]], mask=[[1.0, 1.0]], logp=[[-1.0, -1.0]])
+    loss, grad, stats = run("cpgd", b, PolicyLossConfig(drift_coef=1.0))
+    v2, v5 = 1 - math.log(2), (2 - math.log(3)) + 2 * (math.log(5) - math.log(3))
+    assert loss.item() == pytest.approx((v2 + v5) / 2)
+    close(grad, [[1.0 / 2, 2.0 / 2]])
+    assert stats["drift"].item() == pytest.approx((v2 + v5) / 2)
+
+
+def test_cpgd_gradient_matches_reference_clamped_logp_form():
+    # The reference minimizes -A * clamp(logp, logp_old + log(1-eps), logp_old + log(1+eps)) one-sidedly
+    # (upper clamp for A > 0, lower for A < 0); same gradient as the max(...) form used here.
+    ratio, adv = [[1.5, 0.5, 1.1, 0.7]], [[1.0, -1.0, -2.0, 3.0]]
+    b = make_batch(ratio=ratio, adv=adv, mask=[[1.0] * 4], logp=[[-1.0, -2.0, -0.5, -1.5]])
+    _, grad, _ = run("cpgd", b, PolicyLossConfig(drift_coef=0.0))
+    lp = b.logp.detach().clone().requires_grad_(True)
+    a, old = b.advantages, b.logp_old
+    clamped = torch.where(a > 0, torch.minimum(lp, old + math.log(1.2)), torch.maximum(lp, old + math.log(0.8)))
+    (ref_grad,) = torch.autograd.grad((-a * clamped).mean(), lp)
+    close(grad, ref_grad)
+    # r=1.5, A>0: clipped (0); r=0.5, A<0: clipped (0); r=1.1, A=-2: grad 2/4; r=0.7, A=3: grad -3/4
+    close(grad, [[0.0, 0.0, 0.5, -0.75]])
+
+
 # ============================================================================ kl_proximal
 def test_kl_proximal_sample_estimate():
     # per token -A r + coef * r log r; gradient -A r + coef * r (log r + 1)

@@ -29,12 +29,17 @@ DATA_SELECTORS: Registry = Registry("LM data selector")
 def opmd(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
     """OPMD as a regularized REINFORCE loss (Yao et al., 2025, "Group-Relative REINFORCE Is Secretly an
     Off-Policy Algorithm", REC; arXiv 2509.24203): ``-A * logp + (tau / 2) * (logp - logp_old)^2`` per
-    token, with ``A`` the group-mean-centred reward.
+    token, with ``A = R - mean_g R`` (group-mean baseline, no std scaling), token-mean aggregation.
 
-    Confirmed: the paper presents OPMD as REINFORCE with a group-mean baseline plus a quadratic
-    penalty on the log-ratio to the behaviour policy, scaled by ``1/tau``-type regularization; here the
-    coefficient is ``opmd_tau / 2`` (``hp.opmd_tau``). Not confirmed: whether the paper applies the
-    penalty on sequence or token log-probs (we use tokens, aggregated like the rest of the loss)."""
+    Confirmed against the REC authors' reference code (facts only): Trinity-RFT
+    ``trinity/algorithm/policy_loss_fn/rec_policy_loss.py`` (regularizer ``"k2"``) adds
+    ``regularizer_coef * (logprob - old_logprob)^2`` to ``-A * logprob`` *per token* and aggregates with
+    ``token-mean``; its comment says Kimi's 1/2 is absorbed into the coefficient, so ``regularizer_coef`` =
+    ``tau / 2`` here. The REC example (``examples/rec_gsm8k/README.md``, "Kimi's OPMD") uses
+    ``regularizer_coef: 0.1`` with ``std_normalize: false`` and no importance weight or clipping; the ``opmd``
+    preset therefore sets ``opmd_tau = 0.2`` (``PolicyLossConfig.opmd_tau`` keeps its generic default 1.0).
+    Kimi k1.5's original form squares the *sequence* log-ratio; REC/Trinity (what we follow) squares each
+    token's log-ratio."""
     log_ratio = b.logp - b.logp_old
     per = -b.advantages * b.logp + 0.5 * hp.opmd_tau * log_ratio**2
     return agg(per, b.mask), ratio_stats(log_ratio.detach(), b.mask)
@@ -43,12 +48,19 @@ def opmd(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
 @POLICY_LOSSES.register("asymre")
 def asymre(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
     """Asymmetric REINFORCE (Arnal et al., 2025, "Asymmetric REINFORCE for off-Policy Reinforcement
-    Learning: Balancing positive and negative rewards"; reinterpreted in REC, arXiv 2509.24203): off-policy
-    REINFORCE ``-(R - V) * logp`` with no importance ratio and a baseline ``V = mean_g R - delta``.
-    With group-centred advantages ``A = R - mean_g R`` this is ``-(A + delta) * logp``. Confirmed in the
-    paper's abstract: a *lower* baseline (delta > 0) emphasizes high-reward samples, and V below the
-    behaviour policy's expected reward gives the policy-improvement guarantee. Not confirmed: the
-    default delta (``hp.asymre_delta`` = 0.1)."""
+    Learning: Balancing positive and negative rewards", arXiv 2506.20520; reinterpreted in REC, arXiv
+    2509.24203): off-policy REINFORCE ``-(R - V) * logp`` with no importance ratio and a baseline
+    ``V = mean_g R - delta``. With group-centred advantages ``A = R - mean_g R`` this is ``-(A + delta) * logp``.
+
+    Sign convention (confirmed): the paper writes ``A = r - V`` and ``delta V = V - V^mu`` (baseline minus the
+    behaviour policy's expected reward); lowering ``V`` emphasizes high-reward samples and ``V < V^mu`` gives
+    the policy-improvement guarantee (abstract, arXiv 2506.20520 / OpenReview Ql3sENn0mi), and the
+    recommended setting is a small negative ``delta V`` (sciencestack.ai summary of 2506.20520).
+    Our ``delta`` is ``-delta V``, so ``delta > 0`` is the
+    paper's regime. Default ``delta = 0.1`` (``hp.asymre_delta``) matches the REC reference instantiation
+    (Trinity-RFT ``examples/rec_gsm8k/README.md``, "Meta's AsymRE": regularizer ``"forward-kl"``,
+    ``regularizer_coef: 0.1``, ``std_normalize: false``), whose loss in ``rec_policy_loss.py`` is
+    ``-A * logp - 0.1 * logp`` per token, token-mean: exactly ``-(A + 0.1) * logp``."""
     per = -(b.advantages + hp.asymre_delta) * b.logp
     return agg(per, b.mask), ratio_stats((b.logp - b.logp_old).detach(), b.mask)
 
@@ -62,40 +74,47 @@ def beta_pdf(p: Tensor, a: float, b: float) -> Tensor:
 
 
 def bnpo_params(mean: float, var: float) -> tuple[float, float]:
-    """BNPO normalizer parameters from the running mean/variance of the per-prompt success rate:
-    method-of-moments Beta(a, b) fit, then ``alpha = 1 + a/3``, ``beta = 1 + b/3``.
+    """BNPO normalizer parameters from the mean/variance of the batch's per-prompt success rates ``p(q)``:
+    method-of-moments Beta(a, b) fit ``a = (m (1 - m) / v - 1) m``, ``b = (m (1 - m) / v - 1) (1 - m)``, then
+    ``alpha = max(1 + a/3, 1)``, ``beta = max(1 + b/3, 1)``.
 
-    (confirm) BNPO (Xiao et al., 2025, arXiv 2506.02864) writes ``A = (R - p(q)) / f_N(p(q); alpha,
-    beta)`` with ``f_N`` a Beta density whose parameters follow the (Beta-modelled) distribution of
-    ``p(q)``; the advantage form and the Beta density are confirmed from the paper's summary pages. The
-    exact mapping ``alpha = 1 + a/3, beta = 1 + b/3`` is from memory of the paper's variance-optimal
-    choice and could NOT be confirmed with the sources available here."""
+    Confirmed against the authors' code (facts only): changyi7231/BNPO ``recipe/bnpo/src/bnpo_ray_trainer.py``
+    (``compute_bnpo_outcome_advantage``) computes ``p`` as each group's mean reward, ``m``/``v`` as the mean
+    and unbiased variance of those per-prompt means *in the current batch* (not a running average across
+    steps), the method-of-moments ``a``/``b`` above, ``alpha = clamp(1 + a/3, min=1)``,
+    ``beta = clamp(1 + b/3, min=1)``; with a single prompt it uses ``m = 0, v = 1`` which gives
+    ``alpha = beta = 1``. Here ``v`` is floored at 1e-6 (the reference divides by zero when every prompt has
+    the same rate) and a single prompt returns ``(1, 1)`` directly."""
     var = max(var, 1e-6)
-    m = min(max(mean, 1e-3), 1 - 1e-3)
-    common = max(m * (1 - m) / var - 1, 1e-3)
-    a, b = m * common, (1 - m) * common
-    return 1 + a / 3, 1 + b / 3
+    common = mean * (1 - mean) / var - 1
+    a, b = common * mean, common * (1 - mean)
+    return max(1 + a / 3, 1.0), max(1 + b / 3, 1.0)
 
 
 @torch.no_grad()
 def bnpo_advantages(rewards: Tensor, group_ids: Tensor, alpha: float, beta: float) -> Tensor:
     """BNPO advantage ``(R - p_hat(q)) / f_Beta(p_hat(q); alpha, beta)`` with ``p_hat`` the group mean
-    (binary rewards). With ``alpha = beta = 1`` (uniform density) it is the Dr. GRPO / REINFORCE-with-
-    group-baseline advantage."""
+    (binary rewards in [0, 1]; the reference rescales other rewards affinely into [0, 1] first). The weight
+    ``1 / f_Beta`` is capped at 1e6 as in the reference code. With ``alpha = beta = 1`` (uniform density) it is
+    the Dr. GRPO / REINFORCE-with-group-baseline advantage. Singleton groups get 0 (library convention; the
+    reference uses ``p = 0`` for them)."""
     mean, _, count = F.group_stats(rewards, group_ids)
-    adv = (rewards - mean) / beta_pdf(mean, alpha, beta)
+    adv = (rewards - mean) * (1.0 / beta_pdf(mean, alpha, beta)).clamp(max=1e6)
     return torch.where(count > 1, adv, torch.zeros_like(adv))
 
 
 @ADVANTAGES.register("bnpo")
 def bnpo(x: AdvantageInputs, cfg: AdvantageConfig):
-    """BNPO (Xiao et al., 2025, "Beta Normalization Policy Optimization"): group baseline, Beta-density
-    normalizer fitted to the batch's per-prompt success rates (see :func:`bnpo_params`)."""
+    """BNPO (Xiao et al., 2025, "BNPO: Beta Normalization Policy Optimization", arXiv 2506.02864): group
+    baseline, Beta-density normalizer fitted to the batch's per-prompt success rates (see :func:`bnpo_params`).
+    Not implemented: the paper's advantage decomposition for multi-component rewards."""
     mean, _, _ = F.group_stats(x.rewards, x.group_ids)
     ids = torch.unique(x.group_ids, return_inverse=True)[1]
     per_prompt = torch.zeros(int(ids.max()) + 1, dtype=mean.dtype).index_copy_(0, ids, mean)
-    var = float(per_prompt.var()) if per_prompt.numel() > 1 else 0.25
-    a, b = bnpo_params(float(per_prompt.mean()), var)
+    if per_prompt.numel() > 1:
+        a, b = bnpo_params(float(per_prompt.mean()), float(per_prompt.var()))
+    else:  # one prompt: uniform density (the reference's m = 0, v = 1 gives the same)
+        a, b = 1.0, 1.0
     adv = bnpo_advantages(x.rewards, x.group_ids, a, b)
     return (F.broadcast_to_tokens(adv, x.mask) if x.mask is not None else adv), None
 
@@ -105,12 +124,23 @@ class SPOTracker:
 
     Per prompt, Beta counts ``(a, b)``; the baseline is ``v = a / (a + b)``. After observing reward
     ``r`` (in [0, 1]): ``a <- rho * a + r``, ``b <- rho * b + (1 - r)`` with the KL-adaptive discount
-    ``rho = clip(2^(-D / D_half), rho_min, rho_max)`` where ``D`` is the policy KL since the prompt was
-    last seen. Advantages ``r - v`` (v before the update) are whitened over the batch; prompts are
-    sampled with priority ``sqrt(v (1 - v)) + eps``.
-    (confirm) Confirmed from the abstract/summary: persistent per-prompt Bayesian success tracker with
-    KL-adaptive discount, batch-global normalization, prioritized sampling by the tracker. The
-    constants (D_half, rho bounds 0.875/0.96, eps 0.05) are from memory of the paper, not confirmed.
+    ``rho = clip(2^(-D / D_half), rho_min, rho_max)``. Advantages ``r - v`` (v before the update) are whitened
+    over the batch; prompts are sampled with probability proportional to ``sqrt(v (1 - v)) + eps``.
+
+    Confirmed against the authors' reference code (facts only): verl-project/verl-recipe
+    ``spo/spo_ray_trainer.py`` uses ``D_half = 0.06``, ``rho = 2^(-D / D_half)`` clamped to
+    ``[clip_lower, 0.96]`` with ``clip_lower = 0.875`` in its run script (``SPO_RHO_CLIP_LOWER``), the update
+    ``alpha <- rho alpha + r``, ``beta <- rho beta + (1 - r)`` after the policy step, the advantage
+    ``(r - p_hat - mean) / (std + 1e-8)`` over the batch (unbiased std, as :func:`spo_advantages`), and sampling
+    weights ``sqrt(p_hat (1 - p_hat)) + 0.05``; with no offline estimate (``offline_N = 0``) it starts every
+    prompt at ``alpha = beta = 0.5`` (``prior``). There ``D`` is *per prompt*: the token-mean of
+    ``|logp_stored - logp_now|`` on the prompt's last sampled response, re-scored by the current policy
+    (:func:`spo_policy_drift`); a prompt seen for the first time has ``D = 0`` (so ``rho = 0.96``).
+    :meth:`update` takes such a per-prompt tensor or one scalar for all prompts; the LM trainer passes the
+    per-prompt drift, re-scoring the responses kept by :meth:`remember` (also saved in checkpoints).
+    Not reproduced here: the reference's offline initialization ``alpha0 = N_init (s + 0.5) / (N + 1)``,
+    ``beta0 = N_init (N - s + 0.5) / (N + 1)`` with ``N_init = 1 / (1 - clip_lower)`` from ``N`` offline samples
+    with ``s`` successes (pass ``prior`` for the no-offline case).
     """
 
     def __init__(
@@ -121,16 +151,42 @@ class SPOTracker:
         rho_max: float = 0.96,
         prior: float = 0.5,
         eps: float = 0.05,
+        max_len: int = 0,
     ):
         self.a = torch.full((n_prompts,), prior)
         self.b = torch.full((n_prompts,), prior)
         self.d_half, self.rho_min, self.rho_max, self.eps = d_half, rho_min, rho_max, eps
+        # each prompt's last sampled response and its sampling-time log-probs (length 0: never seen)
+        self.last_ids = torch.zeros((n_prompts, max_len), dtype=torch.long)
+        self.last_logp = torch.zeros((n_prompts, max_len))
+        self.last_len = torch.zeros((n_prompts,), dtype=torch.long)
+
+    def remember(self, idx: Tensor, completion_ids: list[list[int]], logps: list[Tensor]) -> None:
+        """Store each prompt's newest response (later rows win for a repeated prompt)."""
+        for p, c, lp in zip(idx.tolist(), completion_ids, logps):
+            n = min(len(c), self.last_ids.shape[1])
+            self.last_ids[p, :n] = torch.as_tensor(c[:n], dtype=torch.long)
+            self.last_logp[p, :n] = lp[:n].float()
+            self.last_len[p] = n
+
+    def stored(self, idx: Tensor) -> tuple[Tensor, list[list[int]], Tensor]:
+        """``(rows, completions, logp_then)`` for the rows of ``idx`` whose prompt has a stored response;
+        ``logp_then`` is padded to the buffer length."""
+        rows = (self.last_len[idx] > 0).nonzero().flatten()
+        p = idx[rows]
+        comps = [self.last_ids[i, : int(self.last_len[i])].tolist() for i in p]
+        return rows, comps, self.last_logp[p]
 
     def value(self, idx: Tensor) -> Tensor:
         return self.a[idx] / (self.a[idx] + self.b[idx])
 
-    def update(self, idx: Tensor, rewards: Tensor, kl: float = 0.0) -> None:
-        rho = min(max(2.0 ** (-kl / self.d_half), self.rho_min), self.rho_max)
+    def rho(self, kl: float | Tensor) -> Tensor:
+        """KL-adaptive discount ``clip(2^(-D / D_half), rho_min, rho_max)`` (scalar or per prompt)."""
+        d = torch.as_tensor(kl, dtype=self.a.dtype)
+        return torch.pow(2.0, -d / self.d_half).clamp(self.rho_min, self.rho_max)
+
+    def update(self, idx: Tensor, rewards: Tensor, kl: float | Tensor = 0.0) -> None:
+        rho = self.rho(kl)
         self.a[idx] = rho * self.a[idx] + rewards
         self.b[idx] = rho * self.b[idx] + (1 - rewards)
 
@@ -139,10 +195,23 @@ class SPOTracker:
         return (v * (1 - v)).sqrt() + self.eps
 
     def state_dict(self) -> dict:
-        return {"a": self.a.clone(), "b": self.b.clone()}
+        return {"a": self.a.clone(), "b": self.b.clone(), "last_ids": self.last_ids.clone(),
+                "last_logp": self.last_logp.clone(), "last_len": self.last_len.clone()}
 
     def load_state_dict(self, s: dict) -> None:
         self.a, self.b = s["a"].clone(), s["b"].clone()
+        for k in ("last_ids", "last_logp", "last_len"):
+            if k in s:  # checkpoints written before the per-prompt drift keep the zero-length buffers
+                setattr(self, k, s[k].clone())
+
+
+@torch.no_grad()
+def spo_policy_drift(logp_then: Tensor, logp_now: Tensor, mask: Tensor) -> Tensor:
+    """SPO's per-prompt policy drift ``D``: the token-mean of ``|logp_then - logp_now|`` over the valid tokens
+    of each row (the prompt's last sampled response scored when it was sampled and by the current policy),
+    as in the reference ``_get_spo_rho`` (verl-recipe ``spo/spo_ray_trainer.py``). Shape (B, T) -> (B,)."""
+    m = mask.to(logp_now.dtype)
+    return ((logp_then - logp_now).abs() * m).sum(-1) / m.sum(-1).clamp(min=1)
 
 
 @torch.no_grad()
@@ -227,8 +296,18 @@ def cppo_fill(advantages: Tensor, group_ids: Tensor, k: int, target: int) -> Ten
 @DATA_SELECTORS.register("forking_tokens")
 @torch.no_grad()
 def high_entropy_mask(entropy: Tensor, mask: Tensor, top_frac: float = 0.2) -> Tensor:
-    """ "Beyond the 80/20 Rule" (Wang et al., 2025): train only on the top-``top_frac`` highest-entropy
-    ("forking") tokens of the batch. Returns the new 0/1 mask (at least one token kept)."""
+    """ "Beyond the 80/20 Rule" (Wang et al., 2025, arXiv 2506.01939): train only on the top-``top_frac``
+    highest-entropy ("forking") tokens of the batch. Returns the new 0/1 mask (at least one token kept).
+
+    Confirmed (abstract: "only 20% of the tokens"; the batch-level threshold): TRL's implementation of the
+    paper (``GRPOTrainer.get_high_entropy_mask``, ``top_entropy_quantile``) keeps tokens whose entropy is
+    ``>=`` the ``1 - top_frac`` quantile of all valid tokens of the batch (gathered over processes); for
+    ``top_frac = 0.2`` that selects the same ``ceil(0.2 n)`` tokens (ties included) as this top-k rule.
+    Convention difference (trainer level, not changed here): TRL multiplies the per-token loss by this mask
+    but keeps the normalizer of the *full* completion mask, so the loss is ~``top_frac`` times ours when the
+    returned mask is used as the loss mask with token-mean aggregation (same gradient direction, different
+    scale). Entropy should come from the current training policy; the trainer passes the ``pi_old`` pass
+    (identical at the first epoch)."""
     valid = mask > 0
     n = int(valid.sum())
     if n == 0:
@@ -241,11 +320,18 @@ def high_entropy_mask(entropy: Tensor, mask: Tensor, top_frac: float = 0.2) -> T
 @DATA_SELECTORS.register("seed_grpo")
 @torch.no_grad()
 def semantic_entropy_scale(answers: list[str], group_ids: Tensor, alpha: float = 1.0) -> Tensor:
-    """SEED-GRPO (Chen et al., 2025): per-completion factor ``1 - alpha * SE(q) / log(G)`` where ``SE`` is
-    the entropy of the empirical distribution of the group's answer clusters (exact-match clusters
-    here) and ``log G`` its maximum; multiply the advantages by it. (confirm) Confirmed: advantage
-    scaled by ``1 - alpha * SE/SE_max`` with semantic clusters of the group's answers; clustering by
-    exact normalized answer instead of an entailment model is our simplification."""
+    """SEED-GRPO (Chen et al., 2025, arXiv 2505.12346): per-completion factor ``1 - alpha * SE(q) / log(G)``
+    where ``SE`` is the entropy of the empirical distribution of the group's answer clusters (exact-match
+    clusters here) and ``log G`` its maximum; multiply the advantages by it.
+
+    Confirmed from the paper's summaries (arXiv HTML abstract; themoonlight.io review of 2505.12346): the
+    modulation ``A_hat = A * f(alpha * SE(q) / SE_max(q))`` with ``f`` linear (here ``f(x) = 1 - x``),
+    exponential or focal, answers grouped into semantic (same-meaning) clusters. Deviations, not confirmed
+    or knowingly simplified: the paper estimates ``SE(q) ~ -(1/K) sum_k log p(C_k | q)`` with
+    ``p(C_k | q)`` the summed sequence probability of the cluster's responses under ``pi_old``; we use the
+    plug-in entropy of cluster *frequencies* (no sequence likelihoods needed), cluster by exact normalized
+    answer instead of a semantic-equivalence model, and take ``SE_max = log G``; the paper's ``SE_max`` and
+    default ``alpha`` could not be read (full text not reachable; no reference repository found)."""
     out = torch.ones(len(answers))
     for g in torch.unique(group_ids):
         idx = (group_ids == g).nonzero().flatten().tolist()
@@ -271,8 +357,11 @@ def d3s_select(advantages: Tensor, group_ids: Tensor, keep: int) -> Tensor:
     mask.
 
     Confirmed in the paper's abstract: the sample level selects the rollout subset maximizing ``Var(A)``
-    (shown to correlate with an upper bound on the policy-gradient norm). Not confirmed: the paper also has
-    cross-group variants; this is the per-group (intra-group) form, and the population variance is used."""
+    (shown to correlate with an upper bound on the policy-gradient norm). The paper evaluates intra-group
+    (D3S-I) and cross-group variants (arxivlens summary of 2509.22115); this is the intra-group form, with the
+    population variance. Searched without finding the method section or code: arXiv 2509.22115 HTML (abstract
+    and introduction only), ICLR 2026 / mlanthology / newx / summarxiv pages, GitHub code index ("D3S"
+    down-sampling); the code is described as "in the supplementary materials"."""
     out = torch.zeros_like(advantages, dtype=torch.bool)
     for g in torch.unique(group_ids):
         idx = (group_ids == g).nonzero().flatten()
@@ -320,10 +409,11 @@ def d3s_keep_ratio(step: int, total_steps: int, start: float, end: float) -> flo
     (constant ``start`` for a one-step run; clamped outside the range).
 
     Confirmed in the paper's abstract: the schedule is curriculum-inspired, starting with aggressive
-    down-sampling and gradually relaxing it over training. NOT confirmed: its functional form (the paper's
-    method section was not available here; linear is our choice), its start/end values (config keys
-    ``d3s_token_ratio_start`` / ``d3s_token_ratio_end``), and whether the sample level is annealed as well
-    (here the sample-level ``d3s_keep`` stays fixed)."""
+    down-sampling and gradually relaxing it over training. NOT confirmed: its functional form (linear is our
+    choice), its start/end values (config keys ``d3s_token_ratio_start`` / ``d3s_token_ratio_end``), and
+    whether the sample level is annealed as well (here the sample-level ``d3s_keep`` stays fixed). Searched:
+    arXiv 2509.22115 HTML (only abstract/introduction stored), its summary pages (newx.sg, summarxiv,
+    arxivlens, mlanthology) and the GitHub code index; no method section or reference code was found."""
     if total_steps <= 1:
         return start
     frac = min(max((step - 1) / (total_steps - 1), 0.0), 1.0)

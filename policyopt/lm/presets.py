@@ -75,10 +75,12 @@ _reg(
 )
 _reg(
     "cpgd",
-    "CPGD: clipped log-ratio policy gradient + policy drift (Liu et al. 2025)",
+    "CPGD: clipped log-ratio policy gradient + policy drift KL(pi_old||pi), coef 0.01 as in the MM-EUREKA "
+    "reference script (Liu et al. 2025)",
     advantage="grpo",
     policy_loss="cpgd",
     aggregation="token-mean",
+    loss={"drift_coef": 0.01},
 )
 _reg(
     "rloo",
@@ -106,14 +108,16 @@ _reg(
 )
 _reg(
     "opmd",
-    "OPMD: REINFORCE with group baseline + quadratic log-ratio regularizer (REC, Yao et al. 2025)",
+    "OPMD: REINFORCE with group baseline + per-token (tau/2)(log r)^2, tau 0.2 = REC example coef 0.1 "
+    "(REC, Yao et al. 2025)",
     advantage="dr_grpo",
     policy_loss="opmd",
     aggregation="token-mean",
+    loss={"opmd_tau": 0.2},
 )
 _reg(
     "asymre",
-    "AsymRE: REINFORCE with a shifted (asymmetric) baseline (Arnal et al. 2025; REC)",
+    "AsymRE: REINFORCE with baseline mean R - delta, delta 0.1 (Arnal et al. 2025; REC)",
     advantage="dr_grpo",
     policy_loss="asymre",
     aggregation="token-mean",
@@ -135,10 +139,12 @@ _reg(
 )
 _reg(
     "spo",
-    "SPO: group-free, persistent per-prompt Beta tracker baseline, prioritized prompts (Xu & Ding 2025)",
+    "SPO: group-free, persistent per-prompt Beta tracker baseline, prioritized prompts, clip 0.2/0.28 as in "
+    "the reference run script (Xu & Ding 2025)",
     advantage="spo",
     policy_loss="ppo_clip",
     aggregation="token-mean",
+    loss={"clip_eps_low": 0.2, "clip_eps_high": 0.28},
     group_size=1,
     prompts_per_step=64,
 )
@@ -162,7 +168,8 @@ _reg(
 _reg(
     "d3s",
     "D^3S: per-group rollout subset maximizing Var(A), then top |A|*H tokens with a keep ratio annealed "
-    "linearly 0.2 -> 1.0 (schedule form unconfirmed) (Wang et al. 2025; seeds 001/004)",
+    "linearly 0.2 -> 1.0 (schedule form and values unconfirmed: paper method section not found) "
+    "(Wang et al. 2025; seeds 001/004)",
     advantage="grpo",
     policy_loss="ppo_clip",
     aggregation="seq-mean-token-mean",

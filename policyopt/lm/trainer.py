@@ -129,7 +129,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
     advantage = ADVANTAGES.get(cfg.advantage)
     adv_cfg = AdvantageConfig(std_eps=cfg.std_eps)
     use_ref = cfg.beta > 0
-    tracker = A.SPOTracker(len(task.train)) if cfg.advantage == "spo" else None
+    tracker = A.SPOTracker(len(task.train), max_len=cfg.max_new_tokens) if cfg.advantage == "spo" else None
     gen_kw = dict(
         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop
     )
@@ -143,7 +143,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
     batch_target = cfg.prompts_per_step * cfg.group_size  # nominal rollout / training batch (completions)
     d3s_tokens = cfg.d3s_token_ratio_start < 1 or cfg.d3s_token_ratio_end < 1
     ckpt_path = rundir.checkpoint_path(run_dir)
-    step, sft_done, acc_before, last_kl = 0, 0, None, 0.0
+    step, sft_done, acc_before = 0, 0, None
     if resume:
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
@@ -152,7 +152,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
         )
         set_rng_state(state["rng"])
         step, sft_done = state["counters"]["step"], state["counters"]["sft_done"]
-        acc_before, last_kl = state.get("acc_before"), state["counters"].get("last_kl", 0.0)
+        acc_before = state.get("acc_before")
         if tracker is not None and "spo" in state:
             tracker.load_state_dict(state["spo"])
         if step >= cfg.total_steps:
@@ -171,7 +171,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 "rng": rng_state(),
                 "acc_before": acc_before,
                 "metrics_rows": logger.rows,
-                "counters": {"step": step, "sft_done": sft_done, "last_kl": last_kl},
+                "counters": {"step": step, "sft_done": sft_done},
                 **({"spo": tracker.state_dict()} if tracker is not None else {}),
             },
         )
@@ -326,8 +326,19 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 mask = A.d3s_token_mask(adv, ent, before, ratio)
                 select_metrics["select/d3s_token_ratio"] = ratio
                 select_metrics["select/d3s_token_frac"] = float(mask.sum()) / max(float(before.sum()), 1.0)
-            if tracker is not None:
-                tracker.update(ro.prompt_index, raw_total.clamp(0, 1), last_kl)
+            if tracker is not None:  # SPO: per-prompt drift of the policy since the prompt's last visit
+                drift = torch.zeros(len(ro))
+                rows, last_comps, logp_then = tracker.stored(ro.prompt_index)
+                if len(rows):
+                    d_ids, d_attn, d_pos, d_mask, d_P = collate(
+                        [ro.prompt_ids[i] for i in rows.tolist()], last_comps, tok.pad_token_id, cfg.max_new_tokens
+                    )
+                    with torch.no_grad():
+                        now, _ = token_logp(model, d_ids, d_attn, d_pos, d_P, cfg.temperature)
+                    drift[rows] = A.spo_policy_drift(logp_then, now, d_mask)
+                tracker.update(ro.prompt_index, raw_total.clamp(0, 1), drift)
+                tracker.remember(ro.prompt_index, ro.completion_ids, ro.sampler_logp)
+                select_metrics["spo/drift_mean"] = float(drift[rows].mean()) if len(rows) else 0.0
             sel = keep.nonzero().flatten()
             ids, attn, pos, mask, adv = ids[sel], attn[sel], pos[sel], mask[sel], adv[sel]
             old_logp = old_logp[sel] if old_logp is not None else None
@@ -432,7 +443,6 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
             if "grad_norm" in sums:
                 metrics["stats/grad_norm"] = sums["grad_norm"].mean()
             values = logger.log(step, metrics)
-            last_kl = values["stats/approx_kl"]
             if cfg.log_samples:
                 with open(samples_path, "a") as f:
                     for i in range(min(cfg.log_samples, len(ro))):

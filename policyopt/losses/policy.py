@@ -161,14 +161,36 @@ def gspo(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
 
 @POLICY_LOSSES.register("cpgd")
 def cpgd(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
-    """CPGD (Liu et al., 2025, "CPGD: Toward Stable Rule-based RL for Language Models"): a policy-gradient
-    loss on the log-ratio, clipped in log space, ``max(-A log r, -A clip(log r, log(1-eps), log(1+eps)))``,
-    plus a policy-drift penalty ``alpha * KL(pi_old || pi)`` (k3 estimate on samples of pi_old)."""
+    """CPGD (Liu et al., 2025, "CPGD: Toward Stable Rule-based RL for Language Models", arXiv 2505.12504):
+    a policy-gradient loss on the log-ratio, clipped in log space,
+    ``max(-A log r, -A clip(log r, log(1-eps_low), log(1+eps_high)))``, plus the policy-drift penalty
+    ``drift_coef * KL(pi_old || pi)``.
+
+    Confirmed against the authors' reference code (facts only, no code copied):
+    - Clip: sii-research/siiRL ``siirl/dag_worker/core_algos.py`` (``compute_policy_loss_cpgd``) and the
+      MM-EUREKA/OpenRLHF ``PolicyLoss(use_cpg_loss=True)`` clamp ``logp`` at ``logp_old + log(1+eps_high)``
+      when ``A > 0`` and at ``logp_old + log(1-eps_low)`` when ``A < 0`` and minimize ``-A * clamped logp``:
+      the same value up to the constant ``A * logp_old`` and the same gradient as the ``max`` above.
+    - Drift: siiRL ``siirl/engine/actor/dp_actor.py`` adds ``coef * min(sg(r) - 1, 2) * logp``, whose gradient
+      ``coef * min(r - 1, 2) * grad logp`` is the gradient of the k3-type sample estimate
+      ``r - 1 - log r`` of ``KL(pi_old || pi)`` on samples of ``pi_old`` (direction: old -> new), with the
+      per-token weight ``r - 1`` capped at 2 (ratio 3). Here the value is ``r - 1 - log r`` up to ``r = 3``
+      and continues linearly with slope 2 in ``log r`` beyond, so value and gradient both match.
+    - Coefficient: reference runs use 0.01 (MM-EUREKA ``examples/scripts/train_cpgd_qwen_7b_single_node.sh``,
+      ``--policy_drift_coef 0.01``) or 0.001 (siiRL CPGD example scripts); the ``cpgd`` LM preset sets 0.01.
+      ``PolicyLossConfig.drift_coef`` keeps its generic default (0.1) for other uses.
+    - Weighting: the reference advantage is the group-normalized one (siiRL ``weight_factor_in_cpgd``
+      default ``STD_weight`` = GRPO mean/std), token-mean aggregation; the ``cpgd`` preset uses the same.
+    Not confirmed: the MM-EUREKA OpenRLHF fork also exposes ``--policy_drift_clip_eps`` (default 0.2), a clip
+    inside the drift term whose exact form could not be read (its loss file is not in the stored index); the
+    paper's full text (arXiv 2505.12504 HTML) was only reachable as its abstract/introduction."""
     log_ratio = b.logp - b.logp_old
     lo, hi = math.log(1 - hp.clip_eps_low), math.log(1 + hp.eps_high)
     surr = torch.maximum(-b.advantages * log_ratio, -b.advantages * torch.clamp(log_ratio, lo, hi))
-    # KL(pi_old || pi) with samples from pi_old: E_old[r - 1 - log r] (non-negative, unbiased).
-    drift = log_ratio.exp() - 1 - log_ratio
+    # KL(pi_old || pi) with samples from pi_old: E_old[r - 1 - log r]; gradient weight r - 1 capped at 2.
+    cap = math.log(3.0)
+    capped = log_ratio.clamp(max=cap)
+    drift = capped.exp() - 1 - capped + 2.0 * (log_ratio - capped)
     loss = agg(surr + hp.drift_coef * drift, b.mask)
     ratio = log_ratio.detach().exp()
     stats = {**ratio_stats(log_ratio.detach(), b.mask),
@@ -180,8 +202,10 @@ def cpgd(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
 @POLICY_LOSSES.register("kl_proximal")
 def kl_proximal(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
     """On-policy MDPO (Tomar et al., 2022, "Mirror Descent Policy Optimization"):
-    ``-A r + (1/t_k) KL(pi || pi_old)``. Uses the exact per-state KL when the trainer supplies
-    ``b.kl_old``; otherwise the sample estimate ``r log r`` (unbiased for KL(pi || pi_old) under pi_old)."""
+    ``-A r + (1/t_k) KL(pi || pi_old)`` (objective and KL direction confirmed in the authors' code,
+    ``mdpo_on/mdpo.py``), and FixPO's primary phase ``-A r + beta KL``. Uses the exact per-state KL the
+    trainer supplies in ``b.kl_old``, in the trust-region controller's direction (FixPO: KL(pi_old || pi));
+    without it, the sample estimate ``r log r`` (unbiased for KL(pi || pi_old) under pi_old)."""
     log_ratio = b.logp - b.logp_old
     ratio = log_ratio.exp()
     kl = b.kl_old if b.kl_old is not None else ratio * log_ratio
