@@ -150,3 +150,40 @@ def test_unsupported_spaces_give_clear_errors():
 
     with pytest.raises(UserError, match="not supported"):
         make_distribution(gym.spaces.MultiBinary(3))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))])
+def test_fused_mlp_matches_plain_layers_in_value_and_gradient(activation, space):
+    """The one-node MLP with a hand-written backward equals nn.Sequential + autograd (and fast_tanh
+    equals torch.tanh to float32 rounding)."""
+    import copy
+
+    from policyopt.control.networks import ActorCritic, fast_tanh
+
+    x = torch.linspace(-6, 6, 1001)
+    assert (fast_tanh(x) - torch.tanh(x)).abs().max() < 5e-7
+    torch.manual_seed(0)
+    agent = ActorCritic(5, space, hidden=(16, 8), activation=activation)
+    obs = torch.randn(32, 5, requires_grad=True)
+    params, value = agent(obs)
+    w = torch.randn_like(params)
+    (params * w).sum().add((value**2).sum()).backward()
+    fused = {n: p.grad.clone() for n, p in agent.named_parameters()}
+
+    ref = copy.deepcopy(agent)
+    obs_ref = obs.detach().clone().requires_grad_(True)
+    logits = ref.actor(obs_ref)
+    if ref.log_std is not None:
+        logits = torch.cat([logits, ref.log_std.expand_as(logits)], -1)
+    torch.testing.assert_close(logits, params, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(ref.critic(obs_ref).squeeze(-1), value, atol=2e-6, rtol=1e-5)
+    (logits * w).sum().add((ref.critic(obs_ref).squeeze(-1) ** 2).sum()).backward()
+    for n, p in ref.named_parameters():
+        torch.testing.assert_close(fused[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+    torch.testing.assert_close(obs.grad, obs_ref.grad, atol=1e-5, rtol=1e-4)
+    # a deep copy evaluates with its own parameters (the fused path caches the parameter lists)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.mul_(0.5)
+        assert not torch.allclose(ref.value(obs), agent.value(obs))

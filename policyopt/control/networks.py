@@ -51,6 +51,70 @@ def make_distribution(action_space, squash: str = "clip"):
     raise UserError(f"action space {action_space} is not supported; supported: Discrete, 1-D Box")
 
 
+def fast_tanh(x: Tensor) -> Tensor:
+    """``tanh(x)`` computed as ``2 * sigmoid(2x) - 1`` (identical math, max. abs. difference ~2e-7 in float32).
+
+    On this project's CPU build ``torch.tanh`` runs at ~2 ns/element against ~0.25 ns for ``sigmoid``:
+    for a 256x64 activation 33 us vs 11 us, and a PPO gradient step on 64x64 networks evaluates four of
+    them. Not differentiable in place: used only inside :class:`_MLPFunction` and under ``no_grad``.
+    """
+    return torch.sigmoid(x * 2).mul_(2).sub_(1)
+
+
+# activation -> (forward on a fresh tensor, derivative expressed through the activation's output)
+_FUSED_ACTIVATIONS = {
+    "tanh": (fast_tanh, torch.ops.aten.tanh_backward),
+    "relu": (torch.relu, lambda g, y: torch.ops.aten.threshold_backward(g, y, 0)),
+}
+
+
+def _mlp_forward(act, x: Tensor, wb: tuple[Tensor, ...]) -> tuple[Tensor, list[Tensor]]:
+    """Layers ``h <- act(h W^T + b)`` (no activation after the last); returns the output and the inputs
+    of every layer (what the hand-written backward needs)."""
+    hs = [x]
+    n = len(wb) // 2
+    for i in range(n):
+        x = torch.addmm(wb[2 * i + 1], x, wb[2 * i].t())
+        if i < n - 1:
+            x = act(x)
+            hs.append(x)
+    return x, hs
+
+
+class _MLPFunction(torch.autograd.Function):
+    """A whole MLP as one autograd node with a hand-written backward.
+
+    For 64-unit networks the autograd engine's per-node bookkeeping, not arithmetic, dominates a
+    gradient step; one node per network with the textbook backward (``dW = g^T h``, ``db = sum g``,
+    ``g <- (g W) * act'(h)``) does the same arithmetic with a fraction of the overhead. Gradients are
+    checked against autograd on the plain layers in the tests.
+    """
+
+    @staticmethod
+    def forward(ctx, activation: str, x: Tensor, *wb: Tensor) -> Tensor:
+        out, hs = _mlp_forward(_FUSED_ACTIVATIONS[activation][0], x, wb)
+        ctx.activation = activation
+        ctx.save_for_backward(*hs, *wb[0::2])
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        saved = ctx.saved_tensors
+        n = len(saved) // 2
+        hs, ws = saved[:n], saved[n:]
+        act_grad = _FUSED_ACTIVATIONS[ctx.activation][1]
+        grads: list[Tensor | None] = [None] * (2 * n)
+        gx = None
+        for i in range(n - 1, -1, -1):
+            grads[2 * i] = g.t().mm(hs[i])
+            grads[2 * i + 1] = g.sum(0)
+            if i > 0:
+                g = act_grad(g.mm(ws[i]), hs[i])
+            elif ctx.needs_input_grad[1]:
+                gx = g.mm(ws[0])
+        return None, gx, *grads
+
+
 class ActorCritic(nn.Module):
     """Separate policy and value MLPs (as in CleanRL and SB3's default for PPO).
 
@@ -68,25 +132,37 @@ class ActorCritic(nn.Module):
         if isinstance(self.dist, DiagGaussian):
             self.log_std = nn.Parameter(torch.full((self.dist.dim,), float(log_std_init)))
 
+        self.activation = activation
+        self._layers = {name: [p for m in net if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
+                        for name, net in (("actor", self.actor), ("critic", self.critic))}
         self._act = {"tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu, "silu": nn.functional.silu}[
             activation]
 
-    def _run(self, net: nn.Sequential, x: Tensor) -> Tensor:
-        # Same math as net(x), without nn.Module call machinery: for 64-unit MLPs that overhead is a
-        # large share of each step's cost.
-        layers = net._modules.values()
-        for m in layers:
+    def _run(self, name: str, x: Tensor) -> Tensor:
+        # Same math as self.actor(x) / self.critic(x) without nn.Module call machinery. tanh and relu
+        # networks run as one autograd node with a hand-written backward (_MLPFunction); under no_grad
+        # the same forward runs directly, so rollout and update log-probabilities agree exactly.
+        wb = self._layers[name]
+        if self.activation in _FUSED_ACTIVATIONS:
+            lead = x.shape[:-1]
+            x = x.reshape(-1, x.shape[-1])  # addmm wants matrices; rollout blocks come as (T, N, d)
+            if torch.is_grad_enabled() and (x.requires_grad or wb[0].requires_grad):
+                out = _MLPFunction.apply(self.activation, x, *wb)
+            else:
+                out = _mlp_forward(_FUSED_ACTIVATIONS[self.activation][0], x, wb)[0]
+            return out.reshape(*lead, out.shape[-1])
+        for m in getattr(self, name):
             x = nn.functional.linear(x, m.weight, m.bias) if isinstance(m, nn.Linear) else self._act(x)
         return x
 
     def dist_params(self, obs: Tensor) -> Tensor:
-        out = self._run(self.actor, obs)
+        out = self._run("actor", obs)
         if self.log_std is not None:
             out = torch.cat([out, self.log_std.expand_as(out)], dim=-1)
         return out
 
     def value(self, obs: Tensor) -> Tensor:
-        return self._run(self.critic, obs).squeeze(-1)
+        return self._run("critic", obs).squeeze(-1)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         return self.dist_params(obs), self.value(obs)

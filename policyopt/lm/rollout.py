@@ -149,10 +149,13 @@ def token_logp(
     model, ids: Tensor, attn: Tensor, pos: Tensor, P: int, temperature: float, with_entropy: bool = False
 ):
     """Per-completion-token log-probs (and entropies) under ``softmax(logits / temperature)``."""
-    logits = (
-        model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float()
-        / temperature
-    )
+    if fastgen.supported_model(model):
+        logits = fastgen.completion_logits(model, ids, attn, pos, P) / temperature
+    else:
+        logits = (
+            model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float()
+            / temperature
+        )
     tgt = ids[:, P:]
     logp = torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).squeeze(-1)
     ent = entropy_from_logits(logits) if with_entropy else None
