@@ -61,7 +61,9 @@ def ewma_runs(seeds):
         for name in ("ppo", "ppo_ewma"):
             sets = dict(size)
             if name == "ppo_ewma":
-                sets["ewma"] = {"prox_decay": d1**k, "adv_decay": d1**k}
+                # proximal EWMA: per gradient step (16 per iteration at every k); advantage moments: per
+                # iteration, (8/9)^4 at 1x = the age the per-minibatch 8/9 had (4 minibatches/iteration)
+                sets["ewma"] = {"prox_decay": d1**k, "adv_decay": d1 ** (4 * k)}
             for s in seeds:
                 out.append(("batch_size_invariance", f"{name}/{k}x", name, {**sets, "seed": s}))
     return out
