@@ -318,6 +318,30 @@ def test_exponential_race_sampler_draws_from_the_softmax():
     torch.testing.assert_close(lp, p.log()[nxt])
 
 
+def test_warm_start_ends_once_training_prompt_accuracy_reaches_target(tmp_path, monkeypatch):
+    """sft_target_accuracy: checks every sft_check_every steps on training prompts; the first check at or
+    above the target ends the warm-start (here a stubbed check answers 0.2, then 0.5)."""
+    from policyopt.lm import trainer as lm_trainer
+
+    answers = iter([0.2, 0.5])
+    real = lm_trainer.evaluate_model
+
+    def fake(model, tok, rows, *a, **k):
+        if len(rows) == 8:  # the warm-start check (sft_check_size=8); held-out evaluations use eval_size=16
+            return {"accuracy": next(answers)}
+        return real(model, tok, rows, *a, **k)
+
+    monkeypatch.setattr(lm_trainer, "evaluate_model", fake)
+    out = tmp_path / "sft"
+    argv = ["train", "grpo", "--out", str(out), "--total-steps", "1", *FAST, "--set", "sft_steps=100",
+            "--set", "sft_check_every=10", "--set", "sft_check_size=8", "--set", "sft_target_accuracy=0.4"]
+    assert main(argv) == 0
+    assert _metric(out, "sft/train_accuracy") == [0.2, 0.5]
+    assert len(_metric(out, "sft/loss")) == 0  # logged every 50 steps: the warm-start stopped at step 20
+    rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows if r[2] == "sft/train_accuracy"] == [-90, -80]
+
+
 def _metric(out, name) -> list[float]:
     return [
         float(line.split(",")[3])

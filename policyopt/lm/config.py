@@ -38,6 +38,11 @@ class LMConfig:
     sft_steps: int = opt(1500, "supervised warm-start steps before RL (0 = none)", check=nonneg)
     sft_batch: int = opt(64, "warm-start batch size", check=positive)
     sft_lr: float = opt(3e-3, "warm-start learning rate", check=positive)
+    sft_target_accuracy: float = opt(
+        0.35, "end the warm-start early once greedy accuracy on sft_check_size training prompts reaches this "
+        "(checked every sft_check_every steps; 0 = always run sft_steps)", check=in_range(0, 1))
+    sft_check_every: int = opt(100, "warm-start steps between accuracy checks", check=positive)
+    sft_check_size: int = opt(128, "training prompts in each warm-start accuracy check", check=positive)
     # rollouts
     prompts_per_step: int = opt(32, "prompts per RL step", check=positive)
     group_size: int = opt(8, "completions per prompt (G)", check=positive)
