@@ -187,3 +187,14 @@ def test_fused_mlp_matches_plain_layers_in_value_and_gradient(activation, space)
         for p in ref.parameters():
             p.mul_(0.5)
         assert not torch.allclose(ref.value(obs), agent.value(obs))
+
+
+def test_categorical_sample_draws_from_the_softmax():
+    """The exponential-race sampler behind Categorical.sample has the softmax's frequencies and follows
+    the generator (same seed, same draws)."""
+    dist = Categorical(3)
+    logits = torch.tensor([[1.0, 0.0, -1.0]]).repeat(50_000, 1)
+    a = dist.sample(logits, torch.Generator().manual_seed(3))
+    freq = torch.bincount(a, minlength=3).float() / len(a)
+    assert (freq - torch.softmax(logits[0], -1)).abs().max() < 0.01
+    assert torch.equal(a, dist.sample(logits, torch.Generator().manual_seed(3)))

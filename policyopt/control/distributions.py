@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from policyopt.sampling import race_sample
+
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -23,7 +25,7 @@ class Categorical:
     n: int
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return torch.multinomial(torch.softmax(params, -1), 1, generator=generator).squeeze(-1)
+        return race_sample(params, generator=generator)
 
     def mode(self, params: Tensor) -> Tensor:
         return params.argmax(-1)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from policyopt.sampling import race_noise, race_sample
+
 
 def _checkpointing(model) -> bool:
     name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else (
@@ -58,21 +60,11 @@ def _rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
-def race_noise(shape, dtype=torch.float32) -> Tensor:
-    """``log E`` with ``E ~ Exp(1)`` i.i.d. (``E = -log U``), for :func:`sample_tokens`; drawn for every
-    decoding step at once."""
-    return torch.rand(shape, dtype=dtype).log_().neg_().log_()
-
-
 def sample_tokens(logits: Tensor, temperature: float, log_e: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One token per row from ``softmax(logits / temperature)`` and its log-prob.
-
-    Exponential race (equivalently Gumbel-max): ``argmax_v log p_v - log E_v`` with ``E_v ~ Exp(1)`` i.i.d. is a
-    draw from ``p``: the same distribution as ``torch.multinomial`` (checked in the tests) at a fraction of its
-    cost for a small batch on this CPU build. ``log_e``: pre-drawn :func:`race_noise` of ``logits``' shape.
-    """
+    """One token per row from ``softmax(logits / temperature)`` (:func:`policyopt.sampling.race_sample`) and
+    its log-prob; ``log_e``: pre-drawn race noise of ``logits``' shape."""
     lp = torch.log_softmax(logits / temperature, -1)
-    nxt = (lp - (race_noise(lp.shape, lp.dtype) if log_e is None else log_e)).argmax(-1)
+    nxt = race_sample(lp, log_e)
     return nxt, lp.gather(-1, nxt[:, None]).squeeze(-1)
 
 
