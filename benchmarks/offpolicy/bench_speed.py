@@ -1,7 +1,11 @@
-"""policyopt vs Stable-Baselines3, same process, same hyperparameters, interleaved per seed.
+"""policyopt vs Stable-Baselines3, same invocation, same hyperparameters, interleaved per seed or side by side.
 
     python benchmarks/offpolicy/bench_speed.py sac Pendulum-v1 --steps 20000 --seeds 0 1 2 --out results.json
-    python benchmarks/offpolicy/bench_speed.py td3 Hopper-v5 --steps 100000 --seeds 0 1 2 --out td3.json
+    python benchmarks/offpolicy/bench_speed.py td3 Hopper-v5 --steps 100000 --seeds 0 1 2 --out td3.json --pairs
+
+Default: one process, runs interleaved per seed (policyopt, SB3, policyopt, ...). ``--pairs``: for each seed
+the two libraries run at the same time in two fresh processes, each pinned to its own CPU core, so
+both see the same machine conditions (needs 2 free cores; nothing else should run meanwhile).
 
 Both run with one torch thread on the CPU. SB3 uses its defaults (SAC: 256x256, batch 256, lr 3e-4, buffer
 1e6, learning_starts 100, tau 0.005, auto temperature; TD3: 256x256, batch 256, lr 1e-3, learning_starts
@@ -14,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -105,6 +112,25 @@ def run_sb3(algo: str, env_id: str, steps: int, seed: int) -> dict:
     return {"lib": "sb3", "seed": seed, "steps_per_s": steps / wall, "return": float(mean)}
 
 
+def _run_pair(a, seed: int) -> list[dict]:
+    """Both libraries on one seed at the same time, each in a fresh process on its own core."""
+    procs = []
+    with tempfile.TemporaryDirectory() as d:
+        for cpu, lib in enumerate(a.libs):
+            out = Path(d) / f"{lib}.json"
+            cmd = [sys.executable, __file__, a.algo, a.env_id, "--steps", str(a.steps), "--seeds", str(seed),
+                   "--libs", lib, "--out", str(out), "--cpu", str(cpu % os.cpu_count())]
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL), out))
+        rows = []
+        for proc, out in procs:
+            if proc.wait() != 0:
+                raise SystemExit(f"worker failed: {proc.args}")
+            rows += json.loads(out.read_text())["rows"]
+    for r in rows:
+        print(json.dumps({**r, "paired": True}), flush=True)
+    return [{**r, "paired": True} for r in rows]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("algo", choices=("sac", "td3"))
@@ -113,10 +139,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--libs", nargs="+", default=["policyopt", "sb3"])
     p.add_argument("--out", default="bench.json")
+    p.add_argument("--pairs", action="store_true", help="run the libraries of a seed side by side, one core each")
+    p.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)  # worker: pin to this core
     a = p.parse_args()
+    if a.cpu is not None:
+        os.sched_setaffinity(0, {a.cpu})
     torch.set_num_threads(1)
     rows = []
     for seed in a.seeds:
+        if a.pairs:
+            rows += _run_pair(a, seed)
+            continue
         for lib in a.libs:
             r = (run_ours if lib == "policyopt" else run_sb3)(a.algo, a.env_id, a.steps, seed)
             rows.append(r)
