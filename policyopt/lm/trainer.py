@@ -25,7 +25,7 @@ from policyopt.lm import algorithms as A
 from policyopt.lm.config import LMConfig
 from policyopt.lm.model import Reference, add_lora, build_model, load_tokenizer, save_pretrained
 from policyopt.lm.rewards import RewardSet, extract_answer
-from policyopt.lm.rollout import Rollout, collate, generate, token_logp
+from policyopt.lm.rollout import Rollout, collate, generate, set_mode, token_logp
 from policyopt.lm.tasks import load_task
 from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, kl_penalty
 from policyopt.losses.aggregation import masked_mean
@@ -105,7 +105,7 @@ def sft_step(model, tok, rows: list[dict], opt) -> torch.Tensor:
     pids = [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
     cids = [tok(r["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows]
     ids, attn, pos, cmask, P = collate(pids, cids, tok.pad_token_id)
-    model.train()
+    set_mode(model, train=True)
     logp, _ = token_logp(model, ids, attn, pos, P, 1.0)
     loss = -(logp * cmask).sum() / cmask.sum()
     opt.zero_grad(set_to_none=True)
@@ -286,7 +286,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 and not cfg.kl_in_reward
             )
             with torch.no_grad():
-                model.eval()
+                set_mode(model, train=False)
                 old_logp = ent = None
                 if not on_policy:
                     old_logp, ent = token_logp(model, ids, attn, pos, P, cfg.temperature, with_entropy=True)
@@ -362,7 +362,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
 
             # -- optimize: epochs x mini-batches x micro-batches, global aggregation denominators --
             t1 = time.time()
-            model.train()
+            set_mode(model, train=True)
             B = len(sel)
             stats_acc: dict[str, list[torch.Tensor]] = {}
             const_len = cfg.const_len or cfg.max_new_tokens
