@@ -112,6 +112,12 @@ def run_sb3(algo: str, env_id: str, steps: int, seed: int) -> dict:
     return {"lib": "sb3", "seed": seed, "steps_per_s": steps / wall, "return": float(mean)}
 
 
+def _write(a, rows: list[dict]) -> None:
+    meta = {"algo": a.algo, "env": a.env_id, "steps": a.steps, "rows": rows,
+            "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
+    Path(a.out).write_text(json.dumps(meta, indent=1))
+
+
 def _run_pair(a, seed: int) -> list[dict]:
     """Both libraries on one seed at the same time, each in a fresh process on its own core."""
     procs = []
@@ -149,24 +155,12 @@ def main() -> None:
     for seed in a.seeds:
         if a.pairs:
             rows += _run_pair(a, seed)
-            continue
-        for lib in a.libs:
-            r = (run_ours if lib == "policyopt" else run_sb3)(a.algo, a.env_id, a.steps, seed)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
-            Path(a.out).write_text(
-                json.dumps(
-                    {
-                        "algo": a.algo,
-                        "env": a.env_id,
-                        "steps": a.steps,
-                        "rows": rows,
-                        "machine": platform.processor() or platform.machine(),
-                        "torch": torch.__version__,
-                    },
-                    indent=1,
-                )
-            )
+        else:
+            for lib in a.libs:
+                r = (run_ours if lib == "policyopt" else run_sb3)(a.algo, a.env_id, a.steps, seed)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+        _write(a, rows)
     for lib in a.libs:
         sps = [r["steps_per_s"] for r in rows if r["lib"] == lib]
         rets = [r["return"] for r in rows if r["lib"] == lib]
