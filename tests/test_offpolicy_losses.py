@@ -81,3 +81,17 @@ def test_targets_and_temperature_and_polyak():
     mu = torch.zeros(1000, 1)
     a = L.smoothed_target_action(mu, 0.2, 0.3)
     assert a.abs().max() <= 0.3 and math.isclose(a.std().item(), 0.2, rel_tol=0.3)
+
+
+def test_ou_step_by_hand_and_its_stationary_variance():
+    x = torch.tensor([1.0, -2.0])
+    out = L.ou_step(x, 0.5, torch.tensor([2.0, 0.0]))
+    # x - 0.15 * x * 0.01 + 0.5 * sqrt(0.01) * noise
+    torch.testing.assert_close(out, torch.tensor([1.0 - 0.0015 + 0.1, -2.0 + 0.003]))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(20_000)
+    for _ in range(3000):  # ~4.5 relaxation times (1 / (theta dt) = 667 steps)
+        x = L.ou_step(x, 0.5, torch.randn(x.shape, generator=gen))
+    a = 1 - 0.15 * 0.01
+    stationary = 0.25 * 0.01 / (1 - a**2)  # variance of x' = a x + s e
+    assert abs(x.var().item() / stationary - 1) < 0.05

@@ -105,6 +105,9 @@ class OffPolicyConfig:
         "[exploration_noise, this] at every episode start (FastTD3)",
         check=optional(nonneg),
     )
+    exploration_noise_type: str = opt(
+        "gaussian", "deterministic actor's exploration noise: i.i.d. Gaussian, or an Ornstein-Uhlenbeck process "
+        "(temporally correlated, reset at episode ends) with sigma = exploration_noise", choices=("gaussian", "ou"))
     target_noise: float = opt(0.2, "TD3 target policy smoothing std (0 = DDPG)", check=nonneg)
     target_noise_clip: float = opt(0.5, "TD3 target noise clip", check=nonneg)
     # off-policy MDPO
@@ -295,6 +298,7 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
     start_vec_steps = math.ceil(cfg.learning_starts / N)
     ckpt_path = rundir.checkpoint_path(run_dir)
     noise_std = torch.full((N, 1), cfg.exploration_noise, device=device)
+    ou_noise = torch.zeros((N, act_dim), device=device)  # the OU process's state (exploration_noise_type=ou)
 
     def draw_noise_std(mask: Tensor) -> None:
         if cfg.exploration_noise_max is not None:
@@ -324,6 +328,8 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
         if "buffer" in state:
             buffer.load_state_dict(state["buffer"])
         noise_std.copy_(state["noise_std"])
+        if "ou_noise" in state:
+            ou_noise.copy_(state["ou_noise"])
         set_rng_state(state["rng"])
         c = state["counters"]
         vec_step, num_updates, credit, env_epoch = (
@@ -380,6 +386,7 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
                 "metrics_rows": logger.rows,
                 "obs_norm": obs_norm.state_dict(),
                 "noise_std": noise_std,
+                "ou_noise": ou_noise,
                 "rng": rng_state(),
                 "recent": [list(x) for x in recent],
                 **({"alpha_opt": alpha_opt.state_dict()} if alpha_opt is not None else {}),
@@ -496,9 +503,13 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
                 elif gaussian:
                     action = actor.sample(obs_norm(obs))[0]
                 else:
-                    action = (
-                        actor(obs_norm(obs)) + noise_std * torch.randn((N, act_dim), device=device)
-                    ).clamp(-1, 1)
+                    eps = torch.randn((N, act_dim), device=device)
+                    if cfg.exploration_noise_type == "ou":
+                        ou_noise.copy_(L.ou_step(ou_noise, noise_std, eps))
+                        eps = ou_noise
+                    else:
+                        eps = noise_std * eps
+                    action = (actor(obs_norm(obs)) + eps).clamp(-1, 1)
             raw, reward, terminated, truncated, _ = envs.step(to_env(action).cpu().numpy())
             valid, finished = tracker.step(reward, terminated, truncated)
             next_obs = torch.as_tensor(raw, dtype=torch.float32, device=device)
@@ -516,7 +527,9 @@ def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> di
             if finished:
                 episodes_since_log += finished
                 recent.extend(finished)
-                draw_noise_std(torch.from_numpy((terminated | truncated) & valid))
+                ended = torch.from_numpy((terminated | truncated) & valid)
+                draw_noise_std(ended)
+                ou_noise[ended] = 0.0
             obs = next_obs
             vec_step += 1
 

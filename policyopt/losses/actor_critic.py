@@ -7,6 +7,8 @@ a truncated transition still bootstraps from its true final observation.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -43,6 +45,13 @@ def smoothed_target_action(mu: Tensor, noise_std: float, noise_clip: float, gene
     ``clip(mu + clip(N(0, std), -c, c), -1, 1)`` (Fujimoto et al., 2018, sec. 5.3)."""
     noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device) * noise_std
     return (mu + noise.clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0)
+
+
+def ou_step(x: Tensor, sigma: Tensor | float, noise: Tensor, theta: float = 0.15, dt: float = 1e-2) -> Tensor:
+    """One Euler step of an Ornstein-Uhlenbeck process around 0, temporally correlated exploration noise
+    (Uhlenbeck & Ornstein, 1930; used by DDPG, Lillicrap et al., 2016):
+    ``x' = x - theta x dt + sigma sqrt(dt) noise`` with ``noise ~ N(0, 1)`` (defaults as in DDPG / SB3)."""
+    return x - theta * x * dt + sigma * math.sqrt(dt) * noise
 
 
 def sac_actor_loss(logp: Tensor, q: Tensor, alpha: Tensor | float) -> Tensor:
