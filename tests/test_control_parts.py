@@ -155,14 +155,14 @@ def test_unsupported_spaces_give_clear_errors():
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))])
 def test_fused_mlp_matches_plain_layers_in_value_and_gradient(activation, space):
-    """The one-node MLP with a hand-written backward equals nn.Sequential + autograd (and fast_tanh
+    """The one-node MLP with a hand-written backward equals nn.Sequential + autograd (and the sigmoid-form tanh
     equals torch.tanh to float32 rounding)."""
     import copy
 
-    from policyopt.control.networks import ActorCritic, fast_tanh
+    from policyopt.control.networks import ActorCritic, _tanh_from_doubled
 
     x = torch.linspace(-6, 6, 1001)
-    assert (fast_tanh(x) - torch.tanh(x)).abs().max() < 5e-7
+    assert (_tanh_from_doubled(2 * x) - torch.tanh(x)).abs().max() < 5e-7
     torch.manual_seed(0)
     agent = ActorCritic(5, space, hidden=(16, 8), activation=activation)
     obs = torch.randn(32, 5, requires_grad=True)

@@ -124,19 +124,15 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
     lora = bool(cfg.lora_r)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel for all tensors (the default per-tensor loop costs ~1 ms a step on the tiny model)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    sft_opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0, fused=fused)
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
+    sft_opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0, fused=True)
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
     policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
     advantage = ADVANTAGES.get(cfg.advantage)
     adv_cfg = AdvantageConfig(std_eps=cfg.std_eps)
     use_ref = cfg.beta > 0
     tracker = A.SPOTracker(len(task.train), max_len=cfg.max_new_tokens) if cfg.advantage == "spo" else None
-    gen_kw = dict(
+    gen_kw = dict(  # sampling settings of rollouts and evaluations alike
         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop
-    )
-    eval_kw = dict(
-        max_new_tokens=cfg.max_new_tokens, stop=cfg.stop, temperature=cfg.temperature, top_p=cfg.top_p
     )
     # CPPO: draw extra prompts so the completions kept after pruning fill the nominal batch
     cppo_extra = A.cppo_extra_prompts(cfg.prompts_per_step, cfg.group_size, cfg.cppo_keep) if cfg.cppo_keep else 0
@@ -195,13 +191,13 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 raise NonFiniteLoss(f"non-finite warm-start loss at step {sft_done}")
             logger.log(-cfg.sft_steps + sft_done, {"sft/loss": loss})
         if cfg.sft_target_accuracy > 0 and sft_done % cfg.sft_check_every == 0 and sft_done < cfg.sft_steps:
-            acc = evaluate_model(model, tok, check_rows, rewards, acc_idx, **eval_kw)["accuracy"]
+            acc = evaluate_model(model, tok, check_rows, rewards, acc_idx, **gen_kw)["accuracy"]
             logger.log(-cfg.sft_steps + sft_done, {"sft/train_accuracy": acc})
             if acc >= cfg.sft_target_accuracy:
                 print(f"warm-start ends at step {sft_done}: training-prompt accuracy {acc:.3f}", flush=True)
                 sft_done = cfg.sft_steps  # done (the counter also marks it so in checkpoints)
     if acc_before is None:
-        acc_before = evaluate_model(model, tok, task.test, rewards, acc_idx, **eval_kw)["accuracy"]
+        acc_before = evaluate_model(model, tok, task.test, rewards, acc_idx, **gen_kw)["accuracy"]
         logger.log(0, {"eval/accuracy": acc_before})
         print(f"held-out accuracy before RL: {acc_before:.3f} ({len(task.test)} prompts)", flush=True)
         save()
@@ -475,7 +471,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 logger.log(
                     step,
                     {
-                        "eval/accuracy": evaluate_model(model, tok, task.test, rewards, acc_idx, **eval_kw)[
+                        "eval/accuracy": evaluate_model(model, tok, task.test, rewards, acc_idx, **gen_kw)[
                             "accuracy"
                         ]
                     },
@@ -484,7 +480,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 save()
             bar.update(step, reward=values["reward/mean"])
 
-    final = evaluate_model(model, tok, task.test, rewards, acc_idx, k=cfg.eval_k, **eval_kw)
+    final = evaluate_model(model, tok, task.test, rewards, acc_idx, k=cfg.eval_k, **gen_kw)
     logger.log(step, {f"eval/{k}": v for k, v in final.items()})
     logger.close()
     save_pretrained(model, tok, run_dir / "model", lora)
