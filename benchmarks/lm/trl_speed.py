@@ -90,7 +90,7 @@ def run_policyopt(mdir: Path, steps: int, out: Path) -> tuple[list[float], float
 
 def run_trl(mdir: Path, steps: int, out: Path, rows: list[dict]) -> tuple[list[float], float]:
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     def exact_match(prompts, completions, answer, **_):
@@ -142,6 +142,7 @@ def run_trl(mdir: Path, steps: int, out: Path, rows: list[dict]) -> tuple[list[f
             processing_class=tok,
             callbacks=[Clock()],
         )
+        tr.remove_callback(PrinterCallback)  # its per-step log lines run after on_step_end (not timed)
         tr.train()
     return times[1:], statistics.mean(lens[1:]) if len(lens) > 1 else 0.0
 

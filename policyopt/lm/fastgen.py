@@ -3,9 +3,10 @@
 For the tiny models policyopt trains on CPU, ``model.generate`` and ``model(...)`` spend most of their
 time in Python (module calls, mask construction, logits processors, stopping criteria, cache objects),
 not in matmuls. These functions read the model's own weights and rotary embedding and run the same math
-(RMSNorm, RoPE, SDPA attention with grouped KV heads, SwiGLU MLP, tied / untied LM head) as plain torch
-ops: :func:`sample` with a preallocated KV cache, :func:`completion_logits` differentiably for the loss
-(LM head on the completion positions only). Position ids follow the attention mask exactly like
+(RMSNorm, RoPE, attention with grouped KV heads, SwiGLU MLP, tied / untied LM head) as plain torch ops:
+:func:`sample` with a preallocated KV cache, :func:`completion_logits` differentiably for the loss,
+padding-free (pads are not computed, a prompt shared by the G completions of a group is computed once,
+the LM head runs at completion positions only). Position ids follow the attention mask exactly like
 ``generate`` (``cumsum - 1``), so sampler log-probs equal the train-time recomputation; both are checked
 against transformers in ``tests/test_lm_trainer.py``.
 
@@ -50,8 +51,13 @@ def supported(model, top_p: float, stop) -> bool:
     return supported_model(model) and top_p >= 1.0 and not stop
 
 
-def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
-    return F.rms_norm(x, (x.shape[-1],), w, eps)  # one kernel for w * x / sqrt(mean(x^2) + eps)
+def _rms(x: Tensor, eps: Tensor) -> Tensor:
+    """``x / sqrt(mean(x^2) + eps)`` over the last dim, computed in float32 (the RMSNorm weight is folded into
+    the next projection, see :class:`_Layer`). A norm, an addcmul, an rsqrt and a multiply: fewer kernels than
+    ``F.rms_norm`` runs on this CPU build (~5 us against ~9 us a call in the decode loop)."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+    s = torch.addcmul(eps, n, n, value=1.0 / x.shape[-1]).rsqrt()
+    return x * s if x.dtype == torch.float32 else (x.float() * s).to(x.dtype)
 
 
 def _rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
@@ -60,38 +66,39 @@ def _rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
-def sample_tokens(logits: Tensor, temperature: float, log_e: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One token per row from ``softmax(logits / temperature)`` (:func:`policyopt.sampling.race_sample`) and
-    its log-prob; ``log_e``: pre-drawn race noise of ``logits``' shape."""
-    lp = torch.log_softmax(logits / temperature, -1)
-    nxt = race_sample(lp, log_e)
-    return nxt, lp.gather(-1, nxt[:, None]).squeeze(-1)
-
-
 class _Layer:
+    """One decoder layer's weights, rebuilt per call from the live parameters (so autograd reaches them):
+    q/k/v fused into one matrix and gate/up into another; the attention scale 1/sqrt(D) folded into the q rows
+    (RoPE is linear, so it commutes); each RMSNorm weight folded into the columns of the projection it feeds
+    (``linear(w * x, W) = linear(x, W * w)``)."""
+
     def __init__(self, layer, cfg):
         a, m = layer.self_attn, layer.mlp
-        # fused projections (one matmul for q/k/v, one for gate/up), rebuilt per call from live weights
-        # the attention scale 1/sqrt(D) is folded into the q rows (RoPE is linear, so it commutes)
         self.H, self.KV = cfg.num_attention_heads, cfg.num_key_value_heads
         self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         scale = self.D**-0.5
-        self.w_qkv = torch.cat([a.q_proj.weight * scale, a.k_proj.weight, a.v_proj.weight])
+        n1, n2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        self.w_qkv = torch.cat([a.q_proj.weight * scale, a.k_proj.weight, a.v_proj.weight]) * n1
         bs = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
         self.b_qkv = torch.cat([bs[0] * scale, *bs[1:]]) if all(b is not None for b in bs) else None
         self.w_o, self.b_o = a.o_proj.weight, a.o_proj.bias
-        self.w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight])
+        self.w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight]) * n2
         self.w_down = m.down_proj.weight
-        self.n1, self.n2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
-        self.eps = cfg.rms_norm_eps
+        self.eps = torch.full((1,), float(cfg.rms_norm_eps))
 
 
-def _block(ly: _Layer, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache=None, start: int = 0) -> Tensor:
-    """One decoder layer (pre-norm attention + SwiGLU MLP, residuals) on ``x: (B, n, hidden)``. With a
-    ``cache`` ``(K, V)`` the new keys/values are written at ``start`` and attention reads the cache."""
-    B, n = x.shape[:2]
-    h = _rms(x, ly.n1, ly.eps)
-    qkv = F.linear(h, ly.w_qkv, ly.b_qkv).view(B, n, ly.H + 2 * ly.KV, ly.D).transpose(1, 2)
+def _qkv(ly: _Layer, x: Tensor) -> Tensor:
+    """The fused q/k/v projection of the normalized input: ``(..., (H + 2 KV) * D)``."""
+    return F.linear(_rms(x, ly.eps), ly.w_qkv, ly.b_qkv)
+
+
+def _attend(ly: _Layer, qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache=None, start: int = 0) -> Tensor:
+    """Attention outputs ``(B * n, H * D)`` from ``qkv: (B, n, (H + 2 KV) * D)``. ``mask``: additive bias
+    ``(B, 1, n, keys)``. With a ``cache`` ``(K, V)`` the new keys/values are written at ``start`` and attention
+    reads the cache's first ``keys`` positions (decode passes the whole cache, its unwritten slots masked:
+    one shape every step, which this CPU build's small batched matmuls run faster than a growing one)."""
+    B, n = qkv.shape[:2]
+    qkv = qkv.view(B, n, ly.H + 2 * ly.KV, ly.D).transpose(1, 2)
     # split (backward: one cat) rather than slices (backward: zero-fill + copy each)
     qk, v = qkv.split([ly.H + ly.KV, ly.KV], 1)
     q, k = _rope(qk, cos, sin).split([ly.H, ly.KV], 1)  # q and k heads rotated in one pass
@@ -99,18 +106,21 @@ def _block(ly: _Layer, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache=
         kc, vc = cache
         kc[:, :, start : start + n] = k
         vc[:, :, start : start + n] = v
-        k, v = kc[:, :, : start + n], vc[:, :, : start + n]
+        k, v = kc[:, :, : mask.shape[-1]], vc[:, :, : mask.shape[-1]]
     if ly.H != ly.KV:
         k, v = k.repeat_interleave(ly.H // ly.KV, 1), v.repeat_interleave(ly.H // ly.KV, 1)
     # softmax(q k^T + bias) v in plain ops (q carries the 1/sqrt(D) scale): for these shapes ~1.5x faster
     # than the CPU SDPA kernel, forward and backward (``mask`` is an additive bias: 0 or -inf)
     o = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + mask, -1), v)
-    o = o.transpose(1, 2).reshape(B * n, ly.H * ly.D)
-    # residual adds fused into the projections' matmuls (addmm: x + o W^T)
-    x2 = x.reshape(B * n, -1)
-    x2 = torch.addmm(x2, o, ly.w_o.t()) if ly.b_o is None else x2 + F.linear(o, ly.w_o, ly.b_o)
-    gate, up = F.linear(_rms(x2, ly.n2, ly.eps), ly.w_gu).chunk(2, -1)
-    return torch.addmm(x2, F.silu(gate) * up, ly.w_down.t()).view(B, n, -1)
+    return o.transpose(1, 2).reshape(B * n, ly.H * ly.D)
+
+
+def _residual_mlp(ly: _Layer, x: Tensor, o: Tensor) -> Tensor:
+    """``x + o W_o^T``, then the SwiGLU MLP with its residual, on rows ``(N, hidden)`` (residual adds fused into
+    the projections' matmuls: ``addmm(x, o, W^T) = x + o W^T``)."""
+    x = torch.addmm(x, o, ly.w_o.t()) if ly.b_o is None else x + F.linear(o, ly.w_o, ly.b_o)
+    gate, up = F.linear(_rms(x, ly.eps), ly.w_gu).chunk(2, -1)
+    return torch.addmm(x, F.silu(gate) * up, ly.w_down.t())
 
 
 def _rotary(inner, pos: Tensor, dtype) -> tuple[Tensor, Tensor]:
@@ -130,23 +140,64 @@ def _padded_causal_mask(valid: Tensor, dtype=torch.float32) -> Tensor:
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))[:, None]
 
 
-def completion_logits(model, ids: Tensor, attn: Tensor, pos: Tensor, P: int) -> Tensor:
-    """Differentiable logits predicting tokens ``P..S-1`` (i.e. at positions ``P-1..S-2``), float32.
+def _flat_layout(ids: Tensor, attn: Tensor, P: int) -> tuple[Tensor, Tensor]:
+    """Index maps for the padding-free forward of a left-padded batch ``(B, S)``.
 
-    The same function as ``model(input_ids, attention_mask, position_ids).logits[:, P-1:-1]`` for models
-    :func:`supported_model` accepts (checked against it, values and gradients, in the tests), with the
-    LM head applied to the completion positions only and without the library's per-call machinery.
+    The per-token work (projections, MLP, norms) runs on *flat* tokens: each distinct prompt's tokens once
+    (rows whose first ``P`` columns of ids and mask agree share them, e.g. the G completions of one prompt; by
+    causality their prompt states are equal), then every row's completion tokens; pads are skipped. Returns
+    ``src (N,)``, the padded position ``b * S + s`` each flat token is computed at, and ``gidx (B * S,)``, the
+    flat token behind every padded position (what attention gathers; a pad maps to token 0, which the mask
+    hides). Gradients flow back through the gathers, summed over the rows sharing a prompt."""
+    B, S = ids.shape
+    rows = torch.arange(B)
+    _, inv = torch.unique(torch.cat([ids[:, :P], attn[:, :P]], 1), dim=0, return_inverse=True)
+    owner = torch.full((B,), B).scatter_reduce_(0, inv, rows, "amin")[inv]  # first row with the same prompt
+    own = attn.bool()
+    own[:, :P] &= (owner == rows)[:, None]
+    src = own.flatten().nonzero().squeeze(1)
+    gidx = torch.zeros(B * S, dtype=torch.long)
+    gidx[src] = torch.arange(len(src))
+    g = gidx.view(B, S)
+    g[:, :P] = g[owner, :P]
+    return src, gidx
+
+
+def completion_logits(model, ids: Tensor, attn: Tensor, pos: Tensor, P: int) -> Tensor:
+    """Differentiable float32 logits ``(N, V)`` predicting each completion token, i.e. every ``(b, P + j)``
+    with ``attn[b, P + j] == 1``, in row-major order (logits taken at position ``P - 1 + j``).
+
+    The same function as ``model(input_ids, attention_mask, position_ids).logits[:, P-1:-1][attn[:, P:] == 1]``
+    for models :func:`supported_model` accepts (checked against it, values and gradients, in the tests),
+    without the library's per-call machinery and padding-free (:func:`_flat_layout`): pads are not computed,
+    a prompt shared by several rows is computed once, and the last layer's attention output, MLP and the LM
+    head run only at the positions that predict a completion token.
     """
     inner = model.model
     layers = [_Layer(lyr, model.config) for lyr in inner.layers]
-    cos, sin = _rotary(inner, pos, inner.embed_tokens.weight.dtype)
-    mask = _padded_causal_mask(attn.bool(), inner.embed_tokens.weight.dtype)
-    x = F.embedding(ids, inner.embed_tokens.weight)
-    for ly in layers:
-        x = _block(ly, x, cos, sin, mask)
-    x = _rms(x[:, P - 1 : -1], inner.norm.weight, inner.norm.variance_epsilon)
-    head = model.get_output_embeddings()
-    return F.linear(x, head.weight, head.bias).float()
+    B, S = ids.shape
+    dtype = inner.embed_tokens.weight.dtype
+    src, gidx = _flat_layout(ids, attn, P)
+    # positions predicting a completion token: (b, P-1+j) for each valid completion token (b, P+j)
+    pred = attn[:, P:].bool().flatten().nonzero().squeeze(1)
+    pred = pred + (pred // (S - P)) * P + P - 1
+    cos, sin = _rotary(inner, pos, dtype)
+    mask = _padded_causal_mask(attn.bool(), dtype)
+    x = F.embedding(ids.flatten()[src], inner.embed_tokens.weight)  # (N, hidden): flat tokens
+    for i, ly in enumerate(layers):
+        qkv = _qkv(ly, x).index_select(0, gidx).view(B, S, -1)  # to the padded layout for attention
+        o = _attend(ly, qkv, cos, sin, mask)
+        if i + 1 < len(layers):
+            x = _residual_mlp(ly, x, o.index_select(0, src))
+        else:  # the last layer: only the rows the LM head reads
+            x = _residual_mlp(ly, x.index_select(0, gidx[pred]), o.index_select(0, pred))
+    head = model.get_output_embeddings()  # the final RMSNorm weight folded into the head's columns
+    return F.linear(_rms(x, _final_eps(model)), head.weight * inner.norm.weight, head.bias).float()
+
+
+def _final_eps(model) -> Tensor:
+    """The final RMSNorm's epsilon as the tensor :func:`_rms` takes."""
+    return torch.full((1,), float(model.model.norm.variance_epsilon))
 
 
 @torch.no_grad()
@@ -162,13 +213,18 @@ def sample(
     greedy: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``(tokens (B, T), logp (B, T))``: completions (``pad_id`` after EOS) and each token's log-prob under
-    ``softmax(logits / temperature)`` (0 after EOS; 0 everywhere when greedy)."""
+    ``softmax(logits / temperature)`` (0 after EOS; 0 everywhere when greedy).
+
+    Each decode step runs the layers, the LM head (written into a buffer of all steps' logits) and an
+    exponential race (:func:`policyopt.sampling.race_sample`, noise drawn once for the whole generation);
+    the EOS cut and the log-probs are computed once at the end, for all steps together. A row that has ended
+    keeps decoding (its later tokens are discarded); the loop stops once every row has an EOS."""
     cfg = model.config
     inner = model.model
     layers = [_Layer(lyr, cfg) for lyr in inner.layers]
-    head = model.get_output_embeddings()
     B, P = input_ids.shape
-    S = P + max_new_tokens
+    T = max_new_tokens
+    S = P + T
     L0 = layers[0]
     dtype = inner.embed_tokens.weight.dtype
     kc = [torch.zeros(B, L0.KV, S, L0.D, dtype=dtype) for _ in layers]
@@ -178,36 +234,51 @@ def sample(
     pos_all = torch.zeros(B, S, dtype=torch.long)
     pos_all[:, :P] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     last = pos_all[:, P - 1 : P]
-    pos_all[:, P:] = last + torch.arange(1, max_new_tokens + 1)
+    pos_all[:, P:] = last + torch.arange(1, T + 1)
     cos_all, sin_all = _rotary(inner, pos_all, dtype)
 
     def forward(x: Tensor, start: int, mask: Tensor) -> Tensor:
         n = x.shape[1]
         cos, sin = cos_all[:, :, start : start + n], sin_all[:, :, start : start + n]
         for i, ly in enumerate(layers):
-            x = _block(ly, x, cos, sin, mask, (kc[i], vc[i]), start)
-        return _rms(x[:, -1], inner.norm.weight, inner.norm.variance_epsilon)
+            o = _attend(ly, _qkv(ly, x), cos, sin, mask, (kc[i], vc[i]), start)
+            x = _residual_mlp(ly, x.reshape(B * n, -1), o).view(B, n, -1)
+        return x[:, -1]
 
     hid = forward(F.embedding(input_ids, inner.embed_tokens.weight), 0, _padded_causal_mask(valid[:, :P], dtype))
     bias = torch.zeros(B, 1, 1, S, dtype=dtype).masked_fill_(~valid[:, None, None], float("-inf"))  # decode keys
-    toks = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
-    logps = torch.zeros(B, max_new_tokens)
-    done = torch.zeros(B, dtype=torch.bool)
-    w_head, b_head = head.weight, head.bias
+    # LM head with the final norm weight and 1 / temperature folded in: z = logits / temperature
+    head = model.get_output_embeddings()
+    scale = 1.0 if greedy else 1.0 / temperature
+    w_z = head.weight * (inner.norm.weight * scale)
+    b_z = None if head.bias is None else head.bias * scale
+    eps_f = _final_eps(model)
+    z = torch.empty(T, B, w_z.shape[0], dtype=dtype)  # every step's scaled logits
+    toks = torch.empty(T, B, dtype=torch.long)
+    noise = None if greedy else race_noise((T, B, w_z.shape[0]))
     embed = inner.embed_tokens.weight
-    noise = None if greedy else race_noise((max_new_tokens, B, w_head.shape[0]))
-    for t in range(max_new_tokens):
-        logits = F.linear(hid, w_head, b_head).float()
+    n = T
+    for t in range(T):
+        torch.matmul(_rms(hid, eps_f), w_z.t(), out=z[t])
+        if b_z is not None:
+            z[t] += b_z
         if greedy:
-            nxt = logits.argmax(-1)
+            torch.argmax(z[t], -1, out=toks[t])
         else:
-            nxt, lp = sample_tokens(logits, temperature, noise[t])
-            logps[:, t] = lp.masked_fill_(done, 0.0)
-        nxt = torch.where(done, pad_id, nxt)
-        toks[:, t] = nxt
-        done = done | (nxt == eos_id)
-        if t + 1 == max_new_tokens or ((t % 4 == 3) and bool(done.all())):
+            race_sample(z[t], noise[t], out=toks[t])
+        if t + 1 < T and t % 4 == 3 and bool((toks[: t + 1] == eos_id).any(0).all()):
+            n = t + 1
             break
-        bias[..., P + t] = 0.0  # the new token's key becomes visible
-        hid = forward(F.embedding(nxt[:, None], embed), P + t, bias[..., : P + t + 1])
-    return toks, logps
+        if t + 1 < T:
+            bias[..., P + t] = 0.0  # the new token's key becomes visible
+            hid = forward(F.embedding(toks[t, :, None], embed), P + t, bias)
+    drawn = toks[:n].t()  # (B, n)
+    is_eos = drawn == eos_id
+    after = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the row's first EOS
+    out_toks = torch.full((B, T), pad_id, dtype=torch.long)
+    out_toks[:, :n] = drawn.masked_fill(after, pad_id)
+    logps = torch.zeros(B, T)
+    if not greedy:
+        lp = torch.log_softmax(z[:n].float(), -1).gather(-1, toks[:n, :, None]).squeeze(-1).t()
+        logps[:, :n] = lp.masked_fill_(after, 0.0)
+    return out_toks, logps

@@ -154,15 +154,19 @@ def set_mode(model, train: bool) -> None:
 def token_logp(
     model, ids: Tensor, attn: Tensor, pos: Tensor, P: int, temperature: float, with_entropy: bool = False
 ):
-    """Per-completion-token log-probs (and entropies) under ``softmax(logits / temperature)``."""
-    if fastgen.supported_model(model):
-        logits = fastgen.completion_logits(model, ids, attn, pos, P) / temperature
-    else:
-        logits = (
-            model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float()
-            / temperature
-        )
+    """Per-completion-token log-probs (and entropies) under ``softmax(logits / temperature)``, ``(B, L)``;
+    0 at padded completion positions on the lean path (which computes logits only at real tokens)."""
     tgt = ids[:, P:]
+    if fastgen.supported_model(model):
+        valid = attn[:, P:].bool()
+        logits = fastgen.completion_logits(model, ids, attn, pos, P) / temperature  # (N, V): valid tokens only
+        lp = torch.log_softmax(logits, -1).gather(-1, tgt[valid][:, None]).squeeze(-1)
+        logp = lp.new_zeros(valid.shape).masked_scatter(valid, lp)
+        ent = lp.new_zeros(valid.shape).masked_scatter(valid, entropy_from_logits(logits)) if with_entropy else None
+        return logp, ent
+    logits = (
+        model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float() / temperature
+    )
     logp = torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).squeeze(-1)
     ent = entropy_from_logits(logits) if with_entropy else None
     return logp, ent
