@@ -113,6 +113,9 @@ def test_cli_train_eval_resume(tmp_path, capsys):
     ):
         assert n in names, n
     assert (out / "samples.jsonl").read_text().count("\n") >= 4
+    lrs = {int(r[0]): float(r[3]) for r in (line.split(",") for line in (out / "metrics.csv").read_text().splitlines())
+           if r[2] == "train/lr"}
+    assert lrs == pytest.approx({1: 3e-4, 2: 1.5e-4})  # linear decay over total_steps=2 (the default schedule)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out / "model"))  # plain transformers
     assert model.config.num_hidden_layers == 2
     assert main(["eval", str(out)]) == 0
@@ -133,6 +136,7 @@ def test_cli_train_eval_resume(tmp_path, capsys):
         (["train", "grpo", "--set", "group_size=1"], "group_size"),
         (["train", "grpo", "--dataset", "/nonexistent.jsonl", "--set", "sft_steps=0"], "dataset not found"),
         (["train", "grpo", "--set", "nope=1"], "unknown config key"),
+        (["train", "grpo", "--set", "lr_schedule=cosine"], "lr_schedule"),
         (["train", "grpo", "--task", "nope"], "task"),
         (["train", "grpo", "--model", "/nonexistent", "--set", "sft_steps=0"], "model"),
     ],
@@ -283,7 +287,8 @@ def test_fast_sampler_matches_model(kind):
 @pytest.mark.parametrize("kind", ["tiny-llama", "tiny-qwen2"])
 def test_lean_train_forward_matches_the_model_in_value_and_gradient(kind):
     """``fastgen.completion_logits`` (used for train-time log-probs) equals the transformers forward on a
-    left-padded batch: logits and the gradient of every parameter."""
+    left-padded batch with rows sharing a prompt (computed once by the padding-free layout), completions of
+    unequal length (one empty): logits at every completion token and the gradient of every parameter."""
     from policyopt.lm import fastgen
     from policyopt.lm.model import build_model, load_tokenizer
     from policyopt.lm.rollout import collate
@@ -291,31 +296,52 @@ def test_lean_train_forward_matches_the_model_in_value_and_gradient(kind):
     tok = load_tokenizer(kind, None)
     m = build_model(kind, tok, 0)
     assert fastgen.supported_model(m)
-    ids, attn, pos, cmask, P = collate([tok.encode("1+2="), tok.encode("56+78=")],
-                                       [tok.encode("3"), tok.encode("134")], tok.pad_token_id, 5)
-    w = torch.randn(2, 5, len(tok), generator=torch.Generator().manual_seed(0))
+    prompts = ["1+2=", "56+78=", "1+2=", "9+11=", "56+78=", "1+2="]
+    comps = ["3", "134", "4<", "20", "", "3333"]
+    ids, attn, pos, cmask, P = collate([tok.encode(p) for p in prompts], [tok.encode(c) for c in comps],
+                                       tok.pad_token_id, 5)
+    valid = cmask.bool()
+    assert int(valid.sum()) == sum(len(tok.encode(c)) for c in comps)
+    w = torch.randn(len(prompts), 5, len(tok), generator=torch.Generator().manual_seed(0))
     lean = fastgen.completion_logits(m, ids, attn, pos, P)
-    (lean * w * cmask[..., None]).sum().backward()
+    assert lean.shape == (int(valid.sum()), len(tok))
+    (lean * w[valid]).sum().backward()
     g_lean = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad()
     ref = m(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float()
     (ref * w * cmask[..., None]).sum().backward()
-    valid = cmask.bool()
-    torch.testing.assert_close(lean[valid], ref[valid], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lean, ref[valid], atol=2e-5, rtol=1e-4)
     for n, p in m.named_parameters():
         torch.testing.assert_close(g_lean[n], p.grad, atol=2e-5, rtol=1e-3, msg=n)
 
 
+def test_flat_layout_computes_a_shared_prompt_once():
+    """Rows with the same (left-padded) prompt map their prompt positions to one set of flat tokens; pads are
+    not flat tokens; every completion token is its own."""
+    from policyopt.lm.fastgen import _flat_layout
+
+    pad = 0
+    ids = torch.tensor([[pad, 5, 6, 1, 2], [pad, 5, 6, 3, pad], [7, 8, 9, 4, 4], [pad, 5, 6, 9, 9]])
+    attn = (ids != pad).long()
+    src, gidx = _flat_layout(ids, attn, 3)
+    # flat tokens: prompt (5, 6) once (row 0), completions of rows 0, 1, prompt + completion of row 2, row 3's
+    assert ids.flatten()[src].tolist() == [5, 6, 1, 2, 3, 7, 8, 9, 4, 4, 9, 9]
+    g = gidx.view(4, 5)
+    assert g[1, 1:3].tolist() == g[0, 1:3].tolist() == g[3, 1:3].tolist() == [0, 1]
+    assert torch.equal(ids.flatten()[src][gidx].view(4, 5)[attn.bool()], ids[attn.bool()])
+
+
 def test_exponential_race_sampler_draws_from_the_softmax():
-    from policyopt.lm.fastgen import sample_tokens
+    from policyopt.sampling import race_sample
 
     torch.manual_seed(0)
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40_000, 1)
-    nxt, lp = sample_tokens(logits, 0.7)
-    p = torch.softmax(logits[0] / 0.7, -1)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40_000, 1) / 0.7
+    out = torch.empty(len(logits), dtype=torch.long)
+    nxt = race_sample(logits, out=out)
+    assert nxt.data_ptr() == out.data_ptr()
+    p = torch.softmax(logits[0], -1)
     freq = torch.bincount(nxt, minlength=4).float() / len(nxt)
     assert (freq - p).abs().max() < 0.01  # 4+ standard errors at n = 40k
-    torch.testing.assert_close(lp, p.log()[nxt])
 
 
 def test_warm_start_ends_once_training_prompt_accuracy_reaches_target(tmp_path, monkeypatch):

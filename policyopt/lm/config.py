@@ -28,7 +28,7 @@ class LMConfig:
         None, "tokenizer folder (default: the model's, else the shipped char tokenizer)"
     )
     seed: int = opt(0, "random seed")
-    total_steps: int = opt(100, "RL optimizer steps (one rollout batch each)", check=positive)
+    total_steps: int = opt(500, "RL optimizer steps (one rollout batch each)", check=positive)
     rewards: dict = opt({}, "reward name -> weight (empty = the task's default, e.g. exact_match: 1)")
     accuracy_reward: str | None = opt(None, "reward component counted as accuracy (default: the first)")
     # model
@@ -37,11 +37,11 @@ class LMConfig:
     # supervised warm-start
     sft_steps: int = opt(1500, "supervised warm-start steps before RL (0 = none)", check=nonneg)
     sft_batch: int = opt(64, "warm-start batch size", check=positive)
-    sft_lr: float = opt(3e-3, "warm-start learning rate", check=positive)
+    sft_lr: float = opt(1e-3, "warm-start learning rate", check=positive)
     sft_target_accuracy: float = opt(
-        0.35, "end the warm-start early once greedy accuracy on sft_check_size training prompts reaches this "
+        0.25, "end the warm-start early once greedy accuracy on sft_check_size training prompts reaches this "
         "(checked every sft_check_every steps; 0 = always run sft_steps)", check=in_range(0, 1))
-    sft_check_every: int = opt(100, "warm-start steps between accuracy checks", check=positive)
+    sft_check_every: int = opt(25, "warm-start steps between accuracy checks", check=positive)
     sft_check_size: int = opt(128, "training prompts in each warm-start accuracy check", check=positive)
     # rollouts
     prompts_per_step: int = opt(32, "prompts per RL step", check=positive)
@@ -96,6 +96,9 @@ class LMConfig:
     seed_alpha: float = opt(0.0, "SEED-GRPO semantic-entropy scaling alpha (0 = off)", check=nonneg)
     # optimization
     learning_rate: float = opt(3e-4, "RL learning rate (AdamW)", check=positive)
+    lr_schedule: str = opt(
+        "linear", "RL learning-rate schedule: linear (decays to 0 over total_steps, like the transformers "
+        "Trainer default) or constant", choices=("constant", "linear"))
     weight_decay: float = opt(0.0, "AdamW weight decay", check=nonneg)
     epochs: int = opt(1, "optimizer passes over each rollout batch", check=positive)
     mini_batches: int = opt(

@@ -212,6 +212,9 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
     ) as bar:
         while step < cfg.total_steps:
             step += 1
+            lr = cfg.learning_rate * (1.0 - (step - 1) / cfg.total_steps if cfg.lr_schedule == "linear" else 1.0)
+            for g in opt.param_groups:
+                g["lr"] = lr
             # -- rollouts (dynamic sampling refills) --
             t0 = time.time()
             parts, n_groups, n_gen, zero_var = [], 0, 0, []
@@ -446,6 +449,7 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
                 "loss/policy": sums["loss/policy"].mean(),
                 "loss/total": sums["loss/total"].mean(),
                 "train/keep_frac": keep.float().mean(),
+                "train/lr": lr,
                 "select/train_batch": float(B),
                 **select_metrics,
             }
