@@ -253,16 +253,32 @@ def test_reasoning_gym_task_uses_its_own_scorer():
     assert total.tolist() == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("kind", ["tiny-llama", "tiny-qwen2"])
+def _lean_model(kind):
+    """A tiny model for the lean-path tests; ``gqa-untied``: Llama with 4 query heads over 2 key/value heads
+    and an untied LM head (the shipped tiny configs have neither)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from policyopt.lm.model import build_model, load_tokenizer
+
+    tok = load_tokenizer("tiny-llama", None)
+    if kind != "gqa-untied":
+        return tok, build_model(kind, tok, 0)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                      max_position_embeddings=64, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return tok, AutoModelForCausalLM.from_config(cfg)
+
+
+@pytest.mark.parametrize("kind", ["tiny-llama", "tiny-qwen2", "gqa-untied"])
 def test_fast_sampler_matches_model(kind):
     """The lean sampler: greedy tokens equal ``model.generate``; sampled log-probs equal the train-time
     recomputation; a completion is cut at its first EOS."""
     from policyopt.lm import fastgen
-    from policyopt.lm.model import build_model, load_tokenizer
     from policyopt.lm.rollout import collate, generate, token_logp
 
-    tok = load_tokenizer(kind, None)
-    m = build_model(kind, tok, 0).eval()
+    tok, m = _lean_model(kind)
+    m.eval()
     prompts = ["1+2=", "56+78=", "9+11="]
     assert fastgen.supported(m, 1.0, [])
     assert not fastgen.supported(m, 0.9, []) and not fastgen.supported(m, 1.0, ["\n"])
@@ -284,17 +300,15 @@ def test_fast_sampler_matches_model(kind):
         assert bool(ro.truncated[i]) == (len(c) == 12 and c[-1] != tok.eos_token_id)
 
 
-@pytest.mark.parametrize("kind", ["tiny-llama", "tiny-qwen2"])
+@pytest.mark.parametrize("kind", ["tiny-llama", "tiny-qwen2", "gqa-untied"])
 def test_lean_train_forward_matches_the_model_in_value_and_gradient(kind):
     """``fastgen.completion_logits`` (used for train-time log-probs) equals the transformers forward on a
     left-padded batch with rows sharing a prompt (computed once by the padding-free layout), completions of
     unequal length (one empty): logits at every completion token and the gradient of every parameter."""
     from policyopt.lm import fastgen
-    from policyopt.lm.model import build_model, load_tokenizer
     from policyopt.lm.rollout import collate
 
-    tok = load_tokenizer(kind, None)
-    m = build_model(kind, tok, 0)
+    tok, m = _lean_model(kind)
     assert fastgen.supported_model(m)
     prompts = ["1+2=", "56+78=", "1+2=", "9+11=", "56+78=", "1+2="]
     comps = ["3", "134", "4<", "20", "", "3333"]
