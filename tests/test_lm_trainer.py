@@ -300,6 +300,26 @@ def test_fast_sampler_matches_model(kind):
         assert bool(ro.truncated[i]) == (len(c) == 12 and c[-1] != tok.eos_token_id)
 
 
+@pytest.mark.parametrize("chunk_steps", [1, 3])
+def test_fast_sampler_in_step_chunks(monkeypatch, chunk_steps):
+    """With logits / noise buffers bounded to a few decode steps (as for a real vocabulary), the sampled
+    log-probs still equal the train-time recomputation, chunk boundaries and early stops included."""
+    from policyopt.lm import fastgen
+    from policyopt.lm.rollout import collate, generate, token_logp
+
+    tok, m = _lean_model("tiny-llama")
+    prompts = ["1+2=", "56+78=", "9+11="]
+    monkeypatch.setattr(fastgen, "_CHUNK_ELEMENTS", chunk_steps * len(prompts) * 4 * len(tok))
+    torch.manual_seed(1)
+    ro = generate(m, tok, prompts, torch.arange(3), 0, 4, temperature=0.7, top_p=1.0, max_new_tokens=10)
+    ids, attn, pos, cmask, P = collate(ro.prompt_ids, ro.completion_ids, tok.pad_token_id, 10)
+    with torch.no_grad():
+        lp, _ = token_logp(m, ids, attn, pos, P, 0.7)
+    for i, c in enumerate(ro.completion_ids):
+        assert len(ro.sampler_logp[i]) == len(c) and bool((ro.sampler_logp[i] < 0).all())
+        assert torch.allclose(lp[i, : len(c)], ro.sampler_logp[i], atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["tiny-llama", "tiny-qwen2", "gqa-untied"])
 def test_lean_train_forward_matches_the_model_in_value_and_gradient(kind):
     """``fastgen.completion_logits`` (used for train-time log-probs) equals the transformers forward on a

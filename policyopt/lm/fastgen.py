@@ -200,6 +200,9 @@ def _final_eps(model) -> Tensor:
     return torch.full((1,), float(model.model.norm.variance_epsilon))
 
 
+_CHUNK_ELEMENTS = 1 << 22  # bound on the decode loop's logits / noise buffers (16 MB each in float32)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -215,9 +218,9 @@ def sample(
     """``(tokens (B, T), logp (B, T))``: completions (``pad_id`` after EOS) and each token's log-prob under
     ``softmax(logits / temperature)`` (0 after EOS; 0 everywhere when greedy).
 
-    Each decode step runs the layers, the LM head (written into a buffer of all steps' logits) and an
-    exponential race (:func:`policyopt.sampling.race_sample`, noise drawn once for the whole generation);
-    the EOS cut and the log-probs are computed once at the end, for all steps together. A row that has ended
+    Each decode step runs the layers, the LM head (written into a buffer of a chunk of steps' logits) and
+    an exponential race (:func:`policyopt.sampling.race_sample`, noise drawn once per chunk); the log-probs
+    are computed once per chunk and the EOS cut once at the end. A row that has ended
     keeps decoding (its later tokens are discarded); the loop stops once every row has an EOS."""
     cfg = model.config
     inner = model.model
@@ -253,20 +256,31 @@ def sample(
     w_z = head.weight * (inner.norm.weight * scale)
     b_z = None if head.bias is None else head.bias * scale
     eps_f = _final_eps(model)
-    z = torch.empty(T, B, w_z.shape[0], dtype=dtype)  # every step's scaled logits
+    V = w_z.shape[0]
+    # steps are taken in chunks whose logits and noise fit in _CHUNK_ELEMENTS each (all T steps at once for
+    # tiny models; one step at a time for a real vocabulary and batch)
+    chunk = max(1, min(T, _CHUNK_ELEMENTS // (B * V)))
     toks = torch.empty(T, B, dtype=torch.long)
-    noise = None if greedy else race_noise((T, B, w_z.shape[0]))
+    step_lp = torch.zeros(T, B)
     embed = inner.embed_tokens.weight
     n = T
     for t in range(T):
-        torch.matmul(_rms(hid, eps_f), w_z.t(), out=z[t])
+        c = t % chunk
+        if c == 0:
+            z = torch.empty(min(chunk, T - t), B, V, dtype=dtype)  # this chunk's scaled logits
+            noise = None if greedy else race_noise(z.shape)
+        torch.matmul(_rms(hid, eps_f), w_z.t(), out=z[c])
         if b_z is not None:
-            z[t] += b_z
+            z[c] += b_z
         if greedy:
-            torch.argmax(z[t], -1, out=toks[t])
+            torch.argmax(z[c], -1, out=toks[t])
         else:
-            race_sample(z[t], noise[t], out=toks[t])
-        if t + 1 < T and t % 4 == 3 and bool((toks[: t + 1] == eos_id).any(0).all()):
+            race_sample(z[c], noise[c], out=toks[t])
+        stop = t + 1 < T and t % 4 == 3 and bool((toks[: t + 1] == eos_id).any(0).all())
+        if not greedy and (stop or c + 1 == len(z)):  # the chunk's sampled log-probs, in one pass
+            lp = torch.log_softmax(z[: c + 1].float(), -1)
+            step_lp[t - c : t + 1] = lp.gather(-1, toks[t - c : t + 1, :, None]).squeeze(-1)
+        if stop:
             n = t + 1
             break
         if t + 1 < T:
@@ -278,7 +292,5 @@ def sample(
     out_toks = torch.full((B, T), pad_id, dtype=torch.long)
     out_toks[:, :n] = drawn.masked_fill(after, pad_id)
     logps = torch.zeros(B, T)
-    if not greedy:
-        lp = torch.log_softmax(z[:n].float(), -1).gather(-1, toks[:n, :, None]).squeeze(-1).t()
-        logps[:, :n] = lp.masked_fill_(after, 0.0)
+    logps[:, :n] = step_lp[:n].t().masked_fill(after, 0.0)
     return out_toks, logps
