@@ -122,6 +122,16 @@ def test_spec_parsing_and_errors():
         and spec.budget_for("gsm8k") is None
     )
     assert "mean of its last 3 evaluations" in spec.protocol.describe()
+    lm_only, both = spec.protocol.describe(control=False, lm=True), spec.protocol.describe(lm=True)
+    assert lm_only.startswith("Greedy decoding") and "episodes" not in lm_only
+    assert both.startswith("Control: deterministic") and "language models: greedy" in both
+
+
+def test_report_decimals_follow_the_score_scale():
+    from policyopt.bench.report import _digits
+
+    assert _digits([0.25, 0.9, float("nan")]) == 3  # accuracies
+    assert _digits([475.0, 22.1]) == 1 and _digits([-0.2, -180.0]) == 1  # returns
     for bad, msg in [
         ({"algos": ["ppo"], "envs": ["CartPole-v1"]}, "eval.every"),
         ({"algos": ["ppo"], "eval": {"every": 1}}, "envs"),
@@ -177,3 +187,14 @@ def test_grid_pairs_each_algorithm_with_targets_of_its_kind(tmp_path):
     assert set(cells) == {("ppo", "CartPole-v1", 1), (lm[0], "addition", 1)}
     assert cells[(lm[0], "addition", 1)].config["task"] == "addition"
     assert cells[(lm[0], "addition", 1)].config["eval_every"] == 5
+
+
+def test_bootstrap_intervals_are_reproducible():
+    """rliable resamples with the global NumPy generator (its random_state is not used): the intervals must not
+    depend on what drew from that generator before."""
+    from policyopt.bench.stats import interval_estimates
+
+    s = {"a": np.array([[0.58], [0.565], [0.76], [0.61], [0.62]])}
+    first = interval_estimates(s, lambda x: float(x.mean()), 500)
+    np.random.rand(7)
+    assert interval_estimates(s, lambda x: float(x.mean()), 500) == first

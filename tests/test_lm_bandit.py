@@ -148,6 +148,25 @@ def test_micro_batch_invariance_of_the_gradient(mode, loss_name):
     assert full.abs().sum() > 0
 
 
+def test_gspo_equals_grpo_on_policy_and_differs_off_policy():
+    """With one optimizer step per batch (pi_old = pi_theta, every ratio 1, nothing clipped), GSPO's gradient
+    through the sequence ratio exp(mean_t log r_t) equals GRPO's seq-mean-token-mean gradient (the two
+    presets' learning curves coincide in benchmarks/bench/lm_addition); off-policy they differ."""
+    logits, tgt, old, adv, mask, _ = _var_len_batch()
+
+    def grad(name, shift):
+        cfg = algos.build_config(name)
+        agg = Aggregator.for_batch(cfg.aggregation, mask, 5)
+        logits.grad = None
+        lp = torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).squeeze(-1)
+        loss, _ = POLICY_LOSSES.get(cfg.policy_loss)(PolicyBatch(lp, lp.detach() + shift, adv, mask), cfg.loss, agg)
+        loss.backward()
+        return logits.grad.clone()
+
+    torch.testing.assert_close(grad("gspo", 0.0), grad("grpo", 0.0), atol=1e-7, rtol=1e-6)
+    assert (grad("gspo", old) - grad("grpo", old)).abs().max() > 1e-3
+
+
 def test_dr_grpo_per_sequence_weight_independent_of_length():
     """On-policy (r = 1) the gradient w.r.t. each token's log-prob is -A_i * w_i. Dr. GRPO's aggregation
     gives w_i = 1 / (B * L) for every sequence; GRPO's seq-mean-token-mean gives 1 / (B * |o_i|)."""

@@ -27,6 +27,12 @@ def _f(v: float, digits: int = 1) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _digits(values) -> int:
+    """Decimals for a table of scores: 3 for scores on a 0-1 scale (accuracies), else 1 (returns)."""
+    finite = [abs(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return 3 if finite and max(finite) <= 1.5 else 1
+
+
 def _ci(point: float, lo: float, hi: float, digits: int = 1) -> str:
     if math.isnan(lo):
         return _f(point, digits)
@@ -41,7 +47,8 @@ def compute(rows: list[dict], curves: list[dict], meta: dict, reps: int) -> dict
     )
     targets = [t for t in targets if any(r["target"] == t for r in rows)]
     refs = spec.get("reference_scores") or {}
-    out: dict[str, Any] = {"algos": algos, "targets": targets, "per_target": {}, "auc": {}, "curves": {}}
+    out: dict[str, Any] = {"algos": algos, "targets": targets, "per_target": {}, "auc": {}, "curves": {},
+                           "metric": (spec.get("protocol") or {}).get("metric", "evaluation score")}
     for t in targets:
         algos_t = [a for a in algos if any(r["algo"] == a and r["target"] == t for r in rows)]
         out["per_target"][t] = stats.summary_table(rows, algos_t, [t], "final_score", reps)
@@ -99,7 +106,7 @@ def _figures(res: dict, fig_dir: Path) -> dict[str, Path]:
         ax.set_title(t)
         ax.set_xlabel("training steps")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_steps_label))
-        ax.set_ylabel("evaluation return (IQM over seeds)")
+        ax.set_ylabel(f"{res['metric']} (IQM over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -170,16 +177,17 @@ def _tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
     for t in res["targets"]:
         auc = {r["algo"]: r for r in res["auc"][t]}
+        d = _digits([r[k] for r in res["per_target"][t] for k in ("iqm_lo", "iqm_hi", "mean", "median")])
         rows = [
             [
                 r["algo"],
                 str(r["runs"]),
                 str(r["failed"]),
-                _ci(r["iqm"], r["iqm_lo"], r["iqm_hi"]),
-                _ci(r["mean"], r["mean_lo"], r["mean_hi"]),
-                _f(r["median"]),
-                _f(r["std"]),
-                _ci(auc[r["algo"]]["iqm"], auc[r["algo"]]["iqm_lo"], auc[r["algo"]]["iqm_hi"]),
+                _ci(r["iqm"], r["iqm_lo"], r["iqm_hi"], d),
+                _ci(r["mean"], r["mean_lo"], r["mean_hi"], d),
+                _f(r["median"], d),
+                _f(r["std"], d),
+                _ci(auc[r["algo"]]["iqm"], auc[r["algo"]]["iqm_lo"], auc[r["algo"]]["iqm_hi"], d),
             ]
             for r in res["per_target"][t]
         ]
@@ -289,7 +297,7 @@ def write_report(
     name = spec.get("name", bench_dir.name)
     protocol = meta.get("protocol", "(not recorded)")
     captions = {
-        "curves": "Learning curves: IQM of the evaluation return over seeds, shaded 95% bootstrap CI.",
+        "curves": f"Learning curves: IQM of `{res['metric']}` over seeds, shaded 95% bootstrap CI.",
         "iqm": "Final score: IQM (bars, 95% bootstrap CI) and mean (diamonds) per algorithm.",
         "profile": "Performance profile of normalized final scores, shaded 95% bootstrap CI.",
     }

@@ -111,7 +111,7 @@ def run_bench(
     prev = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else {}
     meta = {
         "spec": spec.to_json(),
-        "protocol": spec.protocol.describe(),
+        "protocol": spec.protocol.describe(control=bool(spec.envs), lm=bool(spec.tasks)),
         "executor": kind,
         "workers": workers,
         "cells": len(cells),

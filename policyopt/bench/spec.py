@@ -63,18 +63,23 @@ class EvalProtocol:
     def every_for(self, target: str) -> int:
         return int(self.every[target]) if isinstance(self.every, dict) else int(self.every)
 
-    def describe(self) -> str:
+    def describe(self, control: bool = True, lm: bool = False) -> str:
+        """The protocol in words, for the kinds of cells the bench holds (control envs, LM tasks, or both)."""
         every = (
             ", ".join(f"{k}: {v:,}" for k, v in self.every.items())
             if isinstance(self.every, dict)
             else f"{self.every:,}"
         )
+        ctl = (f"deterministic policy (mode of the action distribution), normalizers frozen; {self.episodes} "
+               f"evaluation episodes")
+        lms = ("greedy decoding of the task's held-out prompts (`eval_size` of them), accuracy = the fraction "
+               "whose accuracy reward is 1, evaluated")
+        what = (f"Control: {ctl}; language models: {lms}" if control and lm
+                else ctl[0].upper() + ctl[1:] if control else lms[0].upper() + lms[1:])
         return (
-            f"Deterministic policy (mode of the action distribution), normalizers frozen; "
-            f"{self.episodes} evaluation episodes every K steps (K = {every}) and once more at the end "
-            f"of training; metric `{self.metric}`. Final score of a run = mean of its last {self.last} "
-            f"evaluations. Area under the curve = mean of the evaluation curve over training "
-            f"(trapezoid rule over the evaluation steps)."
+            f"{what} every K steps (K = {every}) and once more at the end of training; metric "
+            f"`{self.metric}`. Final score of a run = mean of its last {self.last} evaluations. Area under the "
+            f"curve = mean of the evaluation curve over training (trapezoid rule over the evaluation steps)."
         )
 
 

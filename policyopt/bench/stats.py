@@ -15,6 +15,9 @@ from rliable import library as rly
 from rliable import metrics
 
 CI_SIZE = 0.95
+# _RLIABLE_RNG: rliable's StratifiedBootstrap draws its resampling indices with the global ``np.random.choice``
+# (arch 7 also ignores the deprecated ``random_state``), so every bootstrap call below seeds the global NumPy
+# generator first: the same tables give the same intervals in every report.
 
 
 def _quiet(fn):
@@ -68,12 +71,12 @@ def interval_estimates(
         elif s.shape[0] == 1:
             out[k] = (func(s), math.nan, math.nan)
         else:
+            np.random.seed(seed)  # see _RLIABLE_RNG
             point, ci = rly.get_interval_estimates(
                 {k: s},
                 lambda x: np.array([func(x)]),
                 reps=reps,
                 confidence_interval_size=CI_SIZE,
-                random_state=np.random.RandomState(seed),
             )
             out[k] = (float(point[k][0]), float(ci[k][0, 0]), float(ci[k][1, 0]))
     return out
@@ -126,12 +129,12 @@ def probability_of_improvement(
             p = float(metrics.probability_of_improvement(mats[x], mats[y]))
             lo = hi = math.nan
             if mats[x].shape[0] > 1 and mats[y].shape[0] > 1:
+                np.random.seed(seed)  # see _RLIABLE_RNG
                 _, ci = rly.get_interval_estimates(
                     {"p": (mats[x], mats[y])},
                     lambda a, b: np.array([metrics.probability_of_improvement(a, b)]),
                     reps=reps,
                     confidence_interval_size=CI_SIZE,
-                    random_state=np.random.RandomState(seed),
                 )
                 lo, hi = float(ci["p"][0, 0]), float(ci["p"][1, 0])
             out.append({"x": x, "y": y, "p": p, "lo": lo, "hi": hi})
@@ -144,7 +147,7 @@ def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: 
     scores = {k: v for k, v in scores.items() if v.shape[0] > 1}
     if not scores:
         return {}, {}
-    np.random.seed(seed)  # rliable's create_performance_profile takes no random_state
+    np.random.seed(seed)  # see _RLIABLE_RNG
     return rly.create_performance_profile(scores, taus, reps=reps, confidence_interval_size=CI_SIZE)
 
 
@@ -171,11 +174,11 @@ def curve_intervals(curves: list[dict], algo: str, target: str, reps: int, seed:
     point = trim_mean(arr, 0.25, axis=0)
     if arr.shape[0] < 2:
         return np.array(steps), point, point * np.nan, point * np.nan
+    np.random.seed(seed)  # see _RLIABLE_RNG
     _, ci = rly.get_interval_estimates(
         {"c": arr[:, None, :]},
         lambda x: trim_mean(x[:, 0, :], 0.25, axis=0),
         reps=reps,
         confidence_interval_size=CI_SIZE,
-        random_state=np.random.RandomState(seed),
     )
     return np.array(steps), point, ci["c"][0], ci["c"][1]
