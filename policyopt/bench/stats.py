@@ -15,9 +15,9 @@ from rliable import library as rly
 from rliable import metrics
 
 CI_SIZE = 0.95
-# _RLIABLE_RNG: rliable's StratifiedBootstrap draws its resampling indices with the global ``np.random.choice``
-# (arch 7 also ignores the deprecated ``random_state``), so every bootstrap call below seeds the global NumPy
-# generator first: the same tables give the same intervals in every report.
+# _RLIABLE_RNG: rliable's StratifiedBootstrap overrides arch's index draw with the global ``np.random.choice``, so
+# the ``random_state`` it hands to arch is never used for resampling; every bootstrap call below seeds the global
+# NumPy generator first: the same tables give the same intervals in every report.
 
 
 def _quiet(fn):
