@@ -30,6 +30,19 @@ FAST = [
 ]
 
 
+def _sample_and_recompute(model, tok, prompts, G, T, seed):
+    """``G`` sampled completions per prompt (temperature 0.7, ``T`` new tokens, torch seed ``seed``), and their
+    train-time log-probs ``(B, T)`` recomputed with ``token_logp``; returns ``(rollout, logp, completion_mask)``."""
+    from policyopt.lm.rollout import collate, generate, token_logp
+
+    torch.manual_seed(seed)
+    ro = generate(model, tok, prompts, torch.arange(len(prompts)), 0, G, temperature=0.7, top_p=1.0, max_new_tokens=T)
+    ids, attn, pos, cmask, P = collate(ro.prompt_ids, ro.completion_ids, tok.pad_token_id, T)
+    with torch.no_grad():
+        lp, _ = token_logp(model, ids, attn, pos, P, 0.7)
+    return ro, lp, cmask
+
+
 def test_builtin_rewards_and_components():
     rs = RewardSet({"exact_match": 1.0, "format": 0.5})
     total, comps = rs(["1+2=", "1+2=", "1+2="], ["3", "4", "x3"], {"answer": ["3", "3", "3"]})
@@ -70,18 +83,11 @@ def test_tasks_split_and_jsonl(tmp_path):
 
 
 def test_sampler_and_train_time_logprobs_agree():
-    from policyopt.lm.rollout import collate, generate, token_logp
     from policyopt.lm.trainer import setup
 
     cfg = algos.build_config("grpo", sets={"eval_size": 8})
     _, tok, _, _, model = setup(cfg)
-    torch.manual_seed(0)
-    ro = generate(
-        model, tok, ["1+2=", "34+56="], torch.arange(2), 0, 3, temperature=0.7, top_p=1.0, max_new_tokens=5
-    )
-    ids, attn, pos, cmask, P = collate(ro.prompt_ids, ro.completion_ids, tok.pad_token_id, 5)
-    with torch.no_grad():
-        lp, _ = token_logp(model, ids, attn, pos, P, 0.7)
+    ro, lp, cmask = _sample_and_recompute(model, tok, ["1+2=", "34+56="], 3, 5, 0)
     sampler = torch.zeros_like(cmask)
     for i, s in enumerate(ro.sampler_logp):
         sampler[i, : len(s)] = s
@@ -275,7 +281,6 @@ def test_fast_sampler_matches_model(kind):
     """The lean sampler: greedy tokens equal ``model.generate``; sampled log-probs equal the train-time
     recomputation; a completion is cut at its first EOS."""
     from policyopt.lm import fastgen
-    from policyopt.lm.rollout import collate, generate, token_logp
 
     tok, m = _lean_model(kind)
     m.eval()
@@ -289,11 +294,7 @@ def test_fast_sampler_matches_model(kind):
     g2 = m.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id,
                     eos_token_id=tok.eos_token_id)[:, enc["input_ids"].shape[1]:]
     assert torch.equal(g1[:, : g2.shape[1]], g2)
-    torch.manual_seed(0)
-    ro = generate(m, tok, prompts, torch.arange(3), 0, 4, temperature=0.7, top_p=1.0, max_new_tokens=12)
-    ids, attn, pos, cmask, P = collate(ro.prompt_ids, ro.completion_ids, tok.pad_token_id, 12)
-    with torch.no_grad():
-        lp, _ = token_logp(m, ids, attn, pos, P, 0.7)
+    ro, lp, _ = _sample_and_recompute(m, tok, prompts, 4, 12, 0)
     for i, c in enumerate(ro.completion_ids):
         assert torch.allclose(lp[i, : len(c)], ro.sampler_logp[i], atol=1e-5)
         assert tok.eos_token_id not in c[:-1]
@@ -305,16 +306,11 @@ def test_fast_sampler_in_step_chunks(monkeypatch, chunk_steps):
     """With logits / noise buffers bounded to a few decode steps (as for a real vocabulary), the sampled
     log-probs still equal the train-time recomputation, chunk boundaries and early stops included."""
     from policyopt.lm import fastgen
-    from policyopt.lm.rollout import collate, generate, token_logp
 
     tok, m = _lean_model("tiny-llama")
     prompts = ["1+2=", "56+78=", "9+11="]
     monkeypatch.setattr(fastgen, "_CHUNK_ELEMENTS", chunk_steps * len(prompts) * 4 * len(tok))
-    torch.manual_seed(1)
-    ro = generate(m, tok, prompts, torch.arange(3), 0, 4, temperature=0.7, top_p=1.0, max_new_tokens=10)
-    ids, attn, pos, cmask, P = collate(ro.prompt_ids, ro.completion_ids, tok.pad_token_id, 10)
-    with torch.no_grad():
-        lp, _ = token_logp(m, ids, attn, pos, P, 0.7)
+    ro, lp, _ = _sample_and_recompute(m, tok, prompts, 4, 10, 1)
     for i, c in enumerate(ro.completion_ids):
         assert len(ro.sampler_logp[i]) == len(c) and bool((ro.sampler_logp[i] < 0).all())
         assert torch.allclose(lp[i, : len(c)], ro.sampler_logp[i], atol=1e-5)

@@ -191,13 +191,19 @@ def completion_logits(model, ids: Tensor, attn: Tensor, pos: Tensor, P: int) -> 
             x = _residual_mlp(ly, x, o.index_select(0, src))
         else:  # the last layer: only the rows the LM head reads
             x = _residual_mlp(ly, x.index_select(0, gidx[pred]), o.index_select(0, pred))
-    head = model.get_output_embeddings()  # the final RMSNorm weight folded into the head's columns
-    return F.linear(_rms(x, _final_eps(model)), head.weight * inner.norm.weight, head.bias).float()
+    return F.linear(_rms(x, _final_eps(model)), *_head(model)).float()
 
 
 def _final_eps(model) -> Tensor:
     """The final RMSNorm's epsilon as the tensor :func:`_rms` takes."""
     return torch.full((1,), float(model.model.norm.variance_epsilon))
+
+
+def _head(model, scale: float = 1.0) -> tuple[Tensor, Tensor | None]:
+    """LM head ``(weight, bias)`` of the final-normed rows (:func:`_rms`), with the final RMSNorm weight folded
+    into the weight's columns and the logits multiplied by ``scale``."""
+    head = model.get_output_embeddings()
+    return head.weight * (model.model.norm.weight * scale), None if head.bias is None else head.bias * scale
 
 
 _CHUNK_ELEMENTS = 1 << 22  # bound on the decode loop's logits / noise buffers (16 MB each in float32)
@@ -255,10 +261,7 @@ def sample(
     hid = forward(F.embedding(input_ids, inner.embed_tokens.weight), 0, _padded_causal_mask(valid[:, :P], dtype))
     bias = torch.zeros(B, 1, 1, S, dtype=dtype).masked_fill_(~valid[:, None, None], float("-inf"))  # decode keys
     # LM head with the final norm weight and 1 / temperature folded in: z = logits / temperature
-    head = model.get_output_embeddings()
-    scale = 1.0 if greedy else 1.0 / temperature
-    w_z = head.weight * (inner.norm.weight * scale)
-    b_z = None if head.bias is None else head.bias * scale
+    w_z, b_z = _head(model, 1.0 if greedy else 1.0 / temperature)
     eps_f = _final_eps(model)
     V = w_z.shape[0]
     # steps are taken in chunks whose logits and noise fit in _CHUNK_ELEMENTS each (all T steps at once for

@@ -157,16 +157,16 @@ def token_logp(
     """Per-completion-token log-probs (and entropies) under ``softmax(logits / temperature)``, ``(B, L)``;
     0 at padded completion positions on the lean path (which computes logits only at real tokens)."""
     tgt = ids[:, P:]
+    valid = None
     if fastgen.supported_model(model):
         valid = attn[:, P:].bool()
-        logits = fastgen.completion_logits(model, ids, attn, pos, P) / temperature  # (N, V): valid tokens only
-        lp = torch.log_softmax(logits, -1).gather(-1, tgt[valid][:, None]).squeeze(-1)
-        logp = lp.new_zeros(valid.shape).masked_scatter(valid, lp)
-        ent = lp.new_zeros(valid.shape).masked_scatter(valid, entropy_from_logits(logits)) if with_entropy else None
-        return logp, ent
-    logits = (
-        model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float() / temperature
-    )
+        logits, tgt = fastgen.completion_logits(model, ids, attn, pos, P), tgt[valid]  # (N, V): real tokens only
+    else:
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float()
+    logits = logits / temperature
     logp = torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).squeeze(-1)
     ent = entropy_from_logits(logits) if with_entropy else None
+    if valid is not None:  # back to (B, L), 0 at padded positions
+        logp = logp.new_zeros(valid.shape).masked_scatter(valid, logp)
+        ent = None if ent is None else ent.new_zeros(valid.shape).masked_scatter(valid, ent)
     return logp, ent
