@@ -2,12 +2,12 @@
 
 Reads only ``results.csv``, ``curves.csv`` and ``bench.json``, so a committed bench table can be re-reported
 without its run directories. Writes ``DIR/report/{report.md, report.html, summary.json, figures/*.png}``.
+The report is built once as a :class:`policyopt.bench.document.Document` (:func:`build_document`) and rendered
+to Markdown and to HTML, so both files carry the same text, tables and figures.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from pathlib import Path
@@ -16,6 +16,23 @@ from typing import Any
 import numpy as np
 
 from policyopt.bench import stats
+from policyopt.bench.document import (
+    BulletList,
+    Code,
+    Column,
+    Document,
+    Emph,
+    Figure,
+    Heading,
+    Note,
+    Paragraph,
+    Strong,
+    Table,
+    Text,
+    code_spans,
+    render_html,
+    render_markdown,
+)
 from policyopt.bench.runner import read_tables
 from policyopt.runs.files import atomic_write_text
 
@@ -42,13 +59,17 @@ def _ci(point: float, lo: float, hi: float, digits: int = 1) -> str:
 def compute(rows: list[dict], curves: list[dict], meta: dict, reps: int) -> dict[str, Any]:
     spec = meta.get("spec", {})
     algos = spec.get("algos") or list(dict.fromkeys(r["algo"] for r in rows))
-    targets = (spec.get("envs") or []) + (spec.get("tasks") or []) or list(
-        dict.fromkeys(r["target"] for r in rows)
-    )
+    targets = (spec.get("envs") or []) + (spec.get("tasks") or []) or list(dict.fromkeys(r["target"] for r in rows))
     targets = [t for t in targets if any(r["target"] == t for r in rows)]
     refs = spec.get("reference_scores") or {}
-    out: dict[str, Any] = {"algos": algos, "targets": targets, "per_target": {}, "auc": {}, "curves": {},
-                           "metric": (spec.get("protocol") or {}).get("metric", "evaluation score")}
+    out: dict[str, Any] = {
+        "algos": algos,
+        "targets": targets,
+        "per_target": {},
+        "auc": {},
+        "curves": {},
+        "metric": (spec.get("protocol") or {}).get("metric", "evaluation score"),
+    }
     for t in targets:
         algos_t = [a for a in algos if any(r["algo"] == a and r["target"] == t for r in rows)]
         out["per_target"][t] = stats.summary_table(rows, algos_t, [t], "final_score", reps)
@@ -58,9 +79,7 @@ def compute(rows: list[dict], curves: list[dict], meta: dict, reps: int) -> dict
     out["normalized_targets"] = normalized_targets
     # Multi-task aggregates need a common scale: only over targets with reference scores.
     agg_algos = [
-        a
-        for a in algos
-        if all(any(r["algo"] == a and r["target"] == t for r in rows) for t in normalized_targets)
+        a for a in algos if all(any(r["algo"] == a and r["target"] == t for r in rows) for t in normalized_targets)
     ]
     if normalized_targets:
         out["aggregate"] = stats.summary_table(rows, agg_algos, normalized_targets, "normalized_score", reps)
@@ -72,9 +91,7 @@ def compute(rows: list[dict], curves: list[dict], meta: dict, reps: int) -> dict
     else:
         out["aggregate"] = []
         out["profiles"] = None
-    poi_algos = [
-        a for a in algos if all(any(r["algo"] == a and r["target"] == t for r in rows) for t in targets)
-    ]
+    poi_algos = [a for a in algos if all(any(r["algo"] == a and r["target"] == t for r in rows) for t in targets)]
     out["poi"] = stats.probability_of_improvement(rows, poi_algos, targets, reps)
     out["failed"] = [r for r in rows if r["status"] != "finished"]
     return out
@@ -171,15 +188,18 @@ def _steps_label(x, _pos=None) -> str:
     return f"{x / 1e6:g}M" if abs(x) >= 1e6 else f"{x / 1e3:g}k" if abs(x) >= 1e3 else f"{x:g}"
 
 
-# ------------------------------------------------------------------------------------------------ text
-def _tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) for every table; rendered as Markdown and as HTML."""
+# ------------------------------------------------------------------------------------------------ document
+_R = "right"
+
+
+def _tables(res: dict) -> list[tuple[str, Table]]:
+    """(title, table) for every results table."""
     out = []
     for t in res["targets"]:
         auc = {r["algo"]: r for r in res["auc"][t]}
         d = _digits([r[k] for r in res["per_target"][t] for k in ("iqm_lo", "iqm_hi", "mean", "median")])
         rows = [
-            [
+            (
                 r["algo"],
                 str(r["runs"]),
                 str(r["failed"]),
@@ -188,48 +208,30 @@ def _tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 _f(r["median"], d),
                 _f(r["std"], d),
                 _ci(auc[r["algo"]]["iqm"], auc[r["algo"]]["iqm_lo"], auc[r["algo"]]["iqm_hi"], d),
-            ]
+            )
             for r in res["per_target"][t]
         ]
-        out.append(
-            (
-                f"{t}: final score",
-                [
-                    "algorithm",
-                    "runs",
-                    "failed",
-                    "IQM [95% CI]",
-                    "mean [95% CI]",
-                    "median",
-                    "std",
-                    "AUC IQM [95% CI]",
-                ],
-                rows,
-            )
-        )
+        names = ["runs", "failed", "IQM [95% CI]", "mean [95% CI]", "median", "std", "AUC IQM [95% CI]"]
+        cols = (Column("algorithm"), *(Column(n, _R) for n in names))
+        out.append((f"{t}: final score", Table(cols, rows)))
     if res["aggregate"]:
         rows = [
-            [
+            (
                 r["algo"],
                 str(r["runs"]),
                 _ci(r["iqm"], r["iqm_lo"], r["iqm_hi"], 3),
                 _ci(r["mean"], r["mean_lo"], r["mean_hi"], 3),
                 _f(r["median"], 3),
-            ]
+            )
             for r in res["aggregate"]
         ]
-        out.append(
-            (
-                f"Normalized score over {', '.join(res['normalized_targets'])}",
-                ["algorithm", "runs (seeds on every task)", "IQM [95% CI]", "mean [95% CI]", "median"],
-                rows,
-            )
-        )
+        names = ["runs (seeds on every task)", "IQM [95% CI]", "mean [95% CI]", "median"]
+        cols = (Column("algorithm"), *(Column(n, _R) for n in names))
+        out.append((f"Normalized score over {', '.join(res['normalized_targets'])}", Table(cols, rows)))
     if res["poi"]:
-        rows = [[p["x"], p["y"], _ci(p["p"], p["lo"], p["hi"], 2)] for p in res["poi"]]
-        out.append(
-            ("Probability of improvement P(X > Y), averaged over tasks", ["X", "Y", "P [95% CI]"], rows)
-        )
+        rows = [(p["x"], p["y"], _ci(p["p"], p["lo"], p["hi"], 2)) for p in res["poi"]]
+        cols = (Column("X"), Column("Y"), Column("P [95% CI]", _R))
+        out.append(("Probability of improvement P(X > Y), averaged over tasks", Table(cols, rows)))
     return out
 
 
@@ -251,8 +253,7 @@ def _intro(meta: dict) -> tuple[str, list[tuple[str, str]]]:
         ("Budget (total_steps)", budget_s),
         (
             "Cells",
-            f"{meta.get('finished', '?')} finished, {meta.get('failed', '?')} failed of "
-            f"{meta.get('cells', '?')}",
+            f"{meta.get('finished', '?')} finished, {meta.get('failed', '?')} failed of {meta.get('cells', '?')}",
         ),
         (
             "Executor",
@@ -264,122 +265,94 @@ def _intro(meta: dict) -> tuple[str, list[tuple[str, str]]]:
         items.append(
             (
                 "Reference scores (normalized = (s - low) / (high - low))",
-                "; ".join(
-                    f"{k}: low {v['low']}, high {v['high']}" for k, v in spec["reference_scores"].items()
-                ),
+                "; ".join(f"{k}: low {v['low']}, high {v['high']}" for k, v in spec["reference_scores"].items()),
             )
         )
     return spec.get("description", ""), items
 
 
-STATS_NOTE = (
-    "Statistics follow Agarwal et al. (2021), *Deep RL at the Edge of the Statistical Precipice*, via "
-    "`rliable`: IQM = mean of the middle 50% of runs; 95% percentile confidence intervals from a "
-    "stratified bootstrap over runs ({reps} replications, fixed seed); performance profile = fraction "
-    "of runs above each normalized-score threshold; probability of improvement = P(X > Y) from the "
-    "Mann-Whitney U statistic, averaged over tasks. Learning-curve bands are the same bootstrap "
-    "applied per evaluation step. Multi-task aggregates use only seeds that finished on every task."
-)
+def _stats_note(reps: int) -> Text:
+    return (
+        "Statistics follow Agarwal et al. (2021), ",
+        Emph("Deep RL at the Edge of the Statistical Precipice"),
+        ", via ",
+        Code("rliable"),
+        ": IQM = mean of the middle 50% of runs; 95% percentile confidence intervals from a stratified "
+        f"bootstrap over runs ({reps} replications, fixed seed); performance profile = fraction of runs above "
+        "each normalized-score threshold; probability of improvement = P(X > Y) from the Mann-Whitney U "
+        "statistic, averaged over tasks. Learning-curve bands are the same bootstrap applied per evaluation "
+        "step. Multi-task aggregates use only seeds that finished on every task.",
+    )
 
 
-def write_report(
-    bench_dir: str | Path, out_dir: str | Path | None = None, reps: int = 2000
-) -> dict[str, Path]:
+def _caption(key: str, metric: str) -> Text:
+    return {
+        "curves": ("Learning curves: IQM of ", Code(metric), " over seeds, shaded 95% bootstrap CI."),
+        "iqm": ("Final score: IQM (bars, 95% bootstrap CI) and mean (diamonds) per algorithm.",),
+        "profile": ("Performance profile of normalized final scores, shaded 95% bootstrap CI.",),
+    }[key]
+
+
+def build_document(res: dict, meta: dict, figures: dict[str, str], reps: int, name: str) -> Document:
+    """The report as one document: ``figures`` maps a figure key (curves, iqm, profile) to its path relative to
+    the report folder."""
+    desc, items = _intro(meta)
+    blocks: list = [Paragraph(code_spans(desc))] if desc else []
+    blocks.append(BulletList([(Strong(k), f": {v}") for k, v in items]))
+    protocol = meta.get("protocol", "(not recorded)")
+    blocks += [Heading(2, "Evaluation protocol"), Paragraph(code_spans(protocol)), Heading(2, "Results")]
+    for title, table in _tables(res):
+        blocks += [Heading(3, title), table]
+    if not res["normalized_targets"]:
+        blocks.append(
+            Note(
+                (
+                    "No target has ",
+                    Code("reference_scores"),
+                    " in the spec: no normalized aggregate and no performance profile.",
+                )
+            )
+        )
+    blocks.append(Heading(2, "Figures"))
+    blocks += [Figure(path, _caption(k, res["metric"]), id=f"fig-{k}") for k, path in figures.items()]
+    if res["failed"]:
+        lines = [
+            (f"{r['algo']} {r['target']} seed={r['seed']}: ", Code(r["error"] or r["status"])) for r in res["failed"]
+        ]
+        blocks += [Heading(2, "Failed cells"), BulletList(lines)]
+    blocks += [Heading(2, "Statistics"), Paragraph(_stats_note(reps))]
+    blocks.append(
+        Paragraph(
+            (
+                "Tables: ",
+                Code("results.csv"),
+                " (one row per run), ",
+                Code("curves.csv"),
+                " (evaluation curves), ",
+                Code("summary.json"),
+                ".",
+            )
+        )
+    )
+    return Document(f"Bench report: {name}", blocks)
+
+
+def write_report(bench_dir: str | Path, out_dir: str | Path | None = None, reps: int = 2000) -> dict[str, Path]:
+    """Write ``report.md`` and ``report.html`` (the same document; the page embeds its figures), the figures
+    and ``summary.json`` into ``out_dir`` (default ``BENCH_DIR/report``)."""
     bench_dir = Path(bench_dir)
     rows, curves, meta = read_tables(bench_dir)
     out = Path(out_dir) if out_dir else bench_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     res = compute(rows, curves, meta, reps)
     figs = _figures(res, out / "figures")
-    tables = _tables(res)
-    desc, items = _intro(meta)
-    spec = meta.get("spec", {})
-    name = spec.get("name", bench_dir.name)
-    protocol = meta.get("protocol", "(not recorded)")
-    captions = {
-        "curves": f"Learning curves: IQM of `{res['metric']}` over seeds, shaded 95% bootstrap CI.",
-        "iqm": "Final score: IQM (bars, 95% bootstrap CI) and mean (diamonds) per algorithm.",
-        "profile": "Performance profile of normalized final scores, shaded 95% bootstrap CI.",
-    }
-
-    # Markdown
-    md = [f"# Bench report: {name}", ""]
-    if desc:
-        md += [desc, ""]
-    md += [f"- **{k}**: {v}" for k, v in items] + ["", "## Evaluation protocol", "", protocol, ""]
-    md += ["## Results", ""]
-    for title, header, trs in tables:
-        md += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(r) + " |" for r in trs] + [""]
-    md += ["## Figures", ""]
-    for k, p in figs.items():
-        md += [f"![{captions[k]}](figures/{p.name})", "", f"*{captions[k]}*", ""]
-    if res["failed"]:
-        md += (
-            ["## Failed cells", ""]
-            + [
-                f"- {r['algo']} {r['target']} seed={r['seed']}: {r['error'] or r['status']}"
-                for r in res["failed"]
-            ]
-            + [""]
-        )
-    md += ["## Statistics", "", STATS_NOTE.format(reps=reps), ""]
-    md += ["Tables: `results.csv` (one row per run), `curves.csv` (evaluation curves), `summary.json`.", ""]
-    atomic_write_text(out / "report.md", "\n".join(md))
-
-    # HTML (self-contained: figures as base64 data URIs)
-    e = html.escape
-    h = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>Bench report: {e(name)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
-        "padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}"
-        "figcaption{font-style:italic;color:#555}</style></head><body>",
-        f"<h1>Bench report: {e(name)}</h1>",
-    ]
-    if desc:
-        h.append(f"<p>{e(desc)}</p>")
-    h.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in items) + "</ul>")
-    h += [
-        "<h2>Evaluation protocol</h2>",
-        f"<p id='protocol'>{e(protocol.replace('`', ''))}</p>",
-        "<h2>Results</h2>",
-    ]
-    for title, header, trs in tables:
-        h.append(
-            f"<h3>{e(title)}</h3><table><tr>"
-            + "".join(f"<th>{e(c)}</th>" for c in header)
-            + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in trs)
-            + "</table>"
-        )
-    h.append("<h2>Figures</h2>")
-    for k, p in figs.items():
-        b64 = base64.b64encode(p.read_bytes()).decode()
-        h.append(
-            f"<figure><img id='fig-{k}' alt='{e(captions[k])}' src='data:image/png;base64,{b64}'>"
-            f"<figcaption>{e(captions[k])}</figcaption></figure>"
-        )
-    if res["failed"]:
-        h.append(
-            "<h2>Failed cells</h2><ul>"
-            + "".join(
-                f"<li>{e(r['algo'])} {e(r['target'])} seed={r['seed']}: {e(r['error'] or r['status'])}</li>"
-                for r in res["failed"]
-            )
-            + "</ul>"
-        )
-    h += [
-        "<h2>Statistics</h2>",
-        f"<p>{e(STATS_NOTE.format(reps=reps).replace('`', '').replace('*', ''))}</p>",
-        "</body></html>",
-    ]
-    atomic_write_text(out / "report.html", "\n".join(h))
+    name = meta.get("spec", {}).get("name", bench_dir.name)
+    doc = build_document(res, meta, {k: p.relative_to(out).as_posix() for k, p in figs.items()}, reps, name)
+    atomic_write_text(out / "report.md", render_markdown(doc))
+    atomic_write_text(out / "report.html", render_html(doc, embed_from=out))
 
     summary = {
-        "protocol": protocol,
+        "protocol": meta.get("protocol", "(not recorded)"),
         "per_target": res["per_target"],
         "auc": res["auc"],
         "aggregate_normalized": res["aggregate"],

@@ -8,8 +8,9 @@ def add_parser(sub):
         "report",
         help="write the report (Markdown, PNG figures, HTML) of a bench directory",
         description="Compute IQM/mean with stratified bootstrap CIs, performance profiles and "
-        "probability of improvement from DIR/results.csv and DIR/curves.csv; write "
-        "report.md, report.html (figures embedded) and figures/*.png.",
+        "probability of improvement from DIR/results.csv and DIR/curves.csv; write the same report as "
+        "report.md and report.html (a standalone page with the figures embedded), figures/*.png and "
+        "summary.json.",
     )
     p.add_argument("dir", help="bench directory (holds results.csv, curves.csv, bench.json)")
     p.add_argument("--out", help="report directory (default: DIR/report)")
