@@ -22,8 +22,8 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
 
     Never raises for a training failure: the error goes into ``run.json`` (status "failed") and the
     returned outcome, so the other cells keep running."""
-    from policyopt import algos
-    from policyopt.config import resolve, save_yaml
+    from policyopt import algos, api
+    from policyopt.config import resolve
     from policyopt.runs import rundir
 
     run_dir = Path(job["run_dir"])
@@ -31,33 +31,15 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     out = {"algo": job["algo"], "target": job["target"], "seed": job["seed"], "run_dir": str(run_dir)}
     try:
         algo = algos.get(job["algo"])
-        resume = rundir.checkpoint_path(run_dir).exists() and (run_dir / "config.yaml").exists()
+        bench = {"bench": {"target": job["target"], "seed": job["seed"], "digest": job["digest"]}}
+        resume = rundir.checkpoint_path(run_dir).exists() and (run_dir / "run.json").exists()
         if resume:
-            cfg = resolve(
-                algo.config(),
-                rundir.read_config(run_dir),
-                {"progress": False} if "progress" in algo.config.__dataclass_fields__ else {},
-            )
+            api.resume(run_dir, progress=False)
         else:
             if run_dir.exists():  # started but died before its first checkpoint: start over
                 shutil.rmtree(run_dir)
             cfg = resolve(algo.config(), job["config"])
-            rundir.prepare_new(run_dir)
-            save_yaml(cfg, run_dir / "config.yaml")
-        rundir.write_info(
-            run_dir,
-            algo=job["algo"],
-            family=algo.family,
-            status="running",
-            bench={"target": job["target"], "seed": job["seed"], "digest": job["digest"]},
-        )
-        train = algo.load("train")
-        try:
-            train(cfg, run_dir, resume=resume)
-        except KeyboardInterrupt:
-            rundir.write_info(run_dir, status="interrupted")
-            raise
-        rundir.write_info(run_dir, status="finished")
+            algo.load("train")(cfg, run_dir, resume=False, algo=job["algo"], **bench)
         out.update(status="finished", resumed=resume)
     except Exception as e:
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")

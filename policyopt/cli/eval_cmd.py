@@ -1,11 +1,12 @@
-"""``policyopt eval RUN_DIR [--episodes N] [--video]``."""
+"""``policyopt eval RUN_DIR [--episodes N] [--video] [--stochastic]``: the result is printed and written to
+``RUN_DIR/evals/eval-N.json``."""
 
 from __future__ import annotations
 
 import json
 
-from policyopt import algos
-from policyopt.runs import rundir
+from policyopt import api
+from policyopt.errors import UserError
 
 
 def add_parser(sub):
@@ -19,13 +20,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    info = rundir.read_info(args.run_dir)
-    algo = algos.get(info["algo"])
-    from policyopt.errors import UserError
-
     if args.episodes is not None and args.episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {args.episodes}")
-    result = algo.load("eval")(args.run_dir, episodes=args.episodes, video=args.video,
-                               deterministic=not args.stochastic)
+    result = api.evaluate(args.run_dir, episodes=args.episodes, video=args.video, deterministic=not args.stochastic)
     print(json.dumps(result))
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from policyopt import algos
-from policyopt.config import parse_sets, resolve, save_yaml
+from policyopt import algos, api
+from policyopt.config import parse_sets
 from policyopt.errors import UserError
 from policyopt.runs import rundir
 
@@ -52,41 +52,22 @@ def run(args) -> int:
     cfg = algos.build_config(args.algo, config_file=args.config, sets=parse_sets(args.sets), flags=flags)
     tag = str(getattr(cfg, algo.target_key, None) or "run")
     run_dir = Path(args.out) if args.out else rundir.default_run_dir(args.algo, tag, getattr(cfg, "seed", 0))
-    rundir.prepare_new(run_dir)
-    save_yaml(cfg, run_dir / "config.yaml")
-    rundir.write_info(run_dir, algo=args.algo, family=algo.family, status="running")
-    return _train(algo, cfg, run_dir, resume=False)
+    return _report(api.train(cfg, run_dir, algo=args.algo), run_dir)
 
 
 def _resume(args) -> int:
     run_dir = Path(args.resume)
     info = rundir.read_info(run_dir)
-    if args.algo and args.algo != info["algo"]:
-        raise UserError(f"run {str(run_dir)!r} was trained with {info['algo']!r}, not {args.algo!r}")
+    if args.algo and args.algo != info.get("algo"):
+        raise UserError(f"run {str(run_dir)!r} was trained with {info.get('algo')!r}, not {args.algo!r}")
     if args.sets or args.config or args.env or args.task or args.seed is not None:
         raise UserError("--resume continues a run with its saved config; it takes no other config options "
                         "(except --total-steps to extend the budget and --no-progress)")
-    algo = algos.get(info["algo"])
-    layers = [rundir.read_config(run_dir)]
-    if args.total_steps is not None:
-        layers.append({"total_steps": int(args.total_steps)})
-    if args.no_progress:
-        layers.append({"progress": False})
-    cfg = resolve(algo.config(), *layers)
-    if args.total_steps is not None or args.no_progress:
-        save_yaml(cfg, run_dir / "config.yaml")
-    return _train(algo, cfg, run_dir, resume=True)
+    total = int(args.total_steps) if args.total_steps is not None else None
+    return _report(api.resume(run_dir, total_steps=total, progress=False if args.no_progress else None), run_dir)
 
 
-def _train(algo, cfg, run_dir: Path, resume: bool) -> int:
-    train = algo.load("train")
-    try:
-        result = train(cfg, run_dir, resume=resume)
-    except BaseException as e:
-        rundir.write_info(run_dir, status="failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
-                          error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise
-    rundir.write_info(run_dir, status="finished")
+def _report(result: dict, run_dir: Path) -> int:
     summary = {k: v for k, v in result.items() if isinstance(v, int | float | str)}
     print(json.dumps(summary, indent=None))
     print(f"run directory: {run_dir}")

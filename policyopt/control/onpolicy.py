@@ -1,19 +1,17 @@
-"""On-policy actor-critic trainer for Gymnasium: PPO, A2C and REINFORCE are presets of this one loop.
+"""On-policy actor-critic trainer for Gymnasium: PPO, A2C and REINFORCE are presets of this one trainer.
 
-Read top to bottom: config -> set-up (envs, networks, normalizers, optimizer, resume) -> for each
-iteration: collect a rollout with the vector env, compute advantages with a registered estimator,
-take minibatch gradient steps on a registered policy loss (aggregated over valid steps) plus the
-value loss and entropy bonus, log, evaluate and checkpoint.
+The trainer is its phases over the shared run lifecycle (:mod:`policyopt.runs.lifecycle`):
+``collect`` runs the vector env for ``n_steps`` and fills a rollout; ``update`` computes advantages with
+a registered estimator and takes minibatch gradient steps on a registered policy loss (aggregated over
+valid steps) plus the value loss and entropy bonus; ``evaluate`` runs the deterministic policy on
+separate environments. Seeding, checkpoints, resume, logging and the non-finite guard are the lifecycle's.
 
-Four boxes are chosen by name in the config, each a small class in its own module with its state in
-the checkpoint: the *sampler* (``policy``, or ``props``: PROPS' adaptive behaviour policy plus a
-buffer of past rollouts; policyopt/control/props.py), the *proximal* policy of the loss
-(``behaviour``, or ``ewma``: PPO-EWMA; proximal.py), the KL-coefficient controller ``trust_region``
-(``none``, ``mdpo``: annealed 1/t_k, ``fixpo``: adaptive beta plus fix-up phase; kl_control.py) and
-the advantage normalization (``minibatch``, ``batch``, ``none``, ``ewma``; proximal.py). PPO uses
-the defaults, for which the loop below does exactly what it did before the boxes existed. Every run
-logs PROPS' sampling-error diagnostic ``diag/sampling_error`` (sampling_error.py; ``cheap`` every
-iteration by default, ``mle``: PROPS' network fit, every ``sampling_error_mle.every`` iterations).
+Four boxes are chosen by name in the config, each a small class with its state in the checkpoint: the
+*sampler* (``policy``, or ``props``: PROPS' adaptive behaviour policy plus a buffer of past rollouts;
+props.py), the *proximal* policy of the loss (``behaviour``, or ``ewma``: PPO-EWMA; proximal.py), the
+KL-coefficient controller ``trust_region`` (``none``, ``mdpo``, ``fixpo``; kl_control.py) and the advantage
+normalization (``minibatch``, ``batch``, ``none``, ``ewma``; proximal.py). Every run logs PROPS'
+sampling-error diagnostic ``diag/sampling_error`` (sampling_error.py).
 
 Correctness notes:
 - ``terminated`` and ``truncated`` are kept apart; a truncated episode is bootstrapped from the
@@ -30,12 +28,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
-import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,18 +47,18 @@ from policyopt.control.optim import LeanAdam, clip_grad_norm
 from policyopt.control.props import SAMPLERS, PropsConfig
 from policyopt.control.proximal import ADV_NORMS, PROXIMALS, EwmaConfig
 from policyopt.control.sampling_error import SAMPLING_ERRORS, MLEFitConfig
-from policyopt.errors import NonFiniteLoss, UserError
+from policyopt.errors import UserError
 from policyopt.losses import AGGREGATIONS, POLICY_LOSSES, Aggregator, PolicyLossConfig, value_loss
-from policyopt.runs import rundir
-from policyopt.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from policyopt.runs.files import atomic_write_text
-from policyopt.runs.logger import MetricLogger
-from policyopt.runs.progress import TrainProgress
+from policyopt.runs.checkpoint import load_checkpoint
+from policyopt.runs.lifecycle import FAMILIES, Cadence, Family, PartGroup, Phases, Run, execute, load_config
+from policyopt.runs.rundir import checkpoint_path
+from policyopt.schedules import SCHEDULES, Schedule
 
 
 @dataclass
 class OnPolicyConfig:
-    """Defaults are CleanRL's ``ppo.py`` (= openai/baselines PPO2 for classic control)."""
+    """Defaults are CleanRL's ``ppo.py`` (= openai/baselines PPO2 for classic control): linear learning-rate
+    annealing, constant clip range 0.2 (policy and value)."""
 
     env_id: str = opt("CartPole-v1", "Gymnasium environment id", check=check_env_id)
     seed: int = opt(1, "random seed (torch, numpy, environments)")
@@ -79,7 +75,8 @@ class OnPolicyConfig:
     # policy loss
     policy_loss: str = opt("ppo_clip", "policy loss", choices=POLICY_LOSSES)
     loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
-    clip_schedule: str = opt("linear", "clip range schedule", choices=("constant", "linear"))
+    clip_schedule: str = opt("constant", "clip range schedule; vf_clip follows it too (as in baselines' PPO2, where "
+                             "both share one cliprange)", choices=SCHEDULES)
     aggregation: str = opt("token-mean", "loss aggregation over valid steps", choices=AGGREGATIONS)
     vf_coef: float = opt(0.5, "value loss coefficient (loss is 0.5 * (V - R)^2)", check=nonneg)
     vf_clip: float | None = opt(0.2, "PPO value clipping range (None = no clipping)", check=optional(positive))
@@ -87,7 +84,7 @@ class OnPolicyConfig:
     # optimization
     optimizer: str = opt("adam", "optimizer", choices=("adam", "rmsprop"))
     learning_rate: float = opt(2.5e-4, "learning rate", check=positive)
-    lr_schedule: str = opt("linear", "learning-rate schedule", choices=("constant", "linear"))
+    lr_schedule: str = opt("linear", "learning-rate schedule", choices=SCHEDULES)
     adam_eps: float = opt(1e-5, "optimizer epsilon", check=positive)
     epochs: int = opt(4, "passes over each rollout", check=positive)
     minibatch_size: int = opt(128, "samples per gradient step (must divide num_envs * n_steps)", check=positive)
@@ -141,14 +138,7 @@ class OnPolicyConfig:
 def _optimizer(cfg: OnPolicyConfig, params):
     if cfg.optimizer == "rmsprop":  # A2C's original choice
         return torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.99, eps=cfg.adam_eps, foreach=True)
-    # fused: one kernel for all parameters instead of ~10 small ops per tensor (CPU and CUDA)
     return LeanAdam(params, lr=cfg.learning_rate, eps=cfg.adam_eps)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def build_agent(cfg: OnPolicyConfig, observation_space, action_space) -> ActorCritic:
@@ -179,242 +169,242 @@ def _flat_batch(blocks: list[dict], advantage, adv_cfg: AdvantageConfig) -> dict
     return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in out.items()}
 
 
-def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    torch.set_num_threads(cfg.threads)
-    run_dir = Path(run_dir)
-    device = torch.device(cfg.device)
-    _seed_everything(cfg.seed)
+class Rollout(dict):
+    """Preallocated ``(T, N, ...)`` storage of one rollout (``values`` has ``T + 1`` rows: the bootstrap)."""
 
-    # ---- set-up ----------------------------------------------------------------------------------
-    envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, cfg.vectorization, cfg.env_kwargs)
-    agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
-    dist = agent.dist
-    net_params = list(agent.parameters())
-    optimizer = _optimizer(cfg, net_params)
-    obs_dim = int(envs.single_observation_space.shape[0])
-    obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
-    rew_norm = RewardNormalizer(cfg.num_envs, cfg.gamma, cfg.norm_reward, cfg.clip_reward)
-    policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
-    advantage = ADVANTAGES.get(cfg.advantage)
-    adv_cfg = AdvantageConfig(gamma=cfg.gamma, gae_lambda=cfg.gae_lambda)
-    T, N = cfg.n_steps, cfg.num_envs
-    batch_size = T * N
-    num_iterations = math.ceil(cfg.total_steps / batch_size)
-    ckpt_every = max(1, cfg.checkpoint_every // batch_size) if cfg.checkpoint_every else num_iterations
-    eval_every = max(1, cfg.eval_every // batch_size) if cfg.eval_every else None
-    ckpt_path = rundir.checkpoint_path(run_dir)
-    # The boxes: who samples (and which past data the update sees), the proximal policy of the loss,
-    # the KL-coefficient controller, advantage normalization. Each keeps its state in the checkpoint.
-    sampler = SAMPLERS.get(cfg.sampler)(cfg, agent, dist)
-    proximal = PROXIMALS.get(cfg.proximal)(cfg, agent)
-    region = TRUST_REGIONS.get(cfg.trust_region)(cfg, num_iterations)
-    adv_norm = ADV_NORMS.get(cfg.adv_norm)(cfg)
-    se_name = {True: "cheap", False: "off"}.get(cfg.sampling_error, cfg.sampling_error)  # old bool configs
-    sampling_error = SAMPLING_ERRORS.get(se_name)(cfg, agent)  # diagnostic only: draws no random numbers
-    boxes = {"sampler": sampler, "proximal": proximal, "trust_region": region, "adv_norm": adv_norm}
-    needs_kl = getattr(policy_loss, "needs_kl_old", False) or region.needs_kl  # exact KL(pi || pi_old) per state
+    def __init__(self, T: int, N: int, obs_dim: int, act_shape: tuple, n_params: int, device):
+        z = dict(device=device)
+        super().__init__(obs=torch.zeros((T, N, obs_dim), **z), act=torch.zeros((T, N, *act_shape), **z),
+                         rew=torch.zeros((T, N), **z), term=torch.zeros((T, N), **z),
+                         trunc=torch.zeros((T, N), **z), valid=torch.zeros((T, N), **z),
+                         params=torch.zeros((T, N, n_params), **z), logp=torch.zeros((T, N), **z),
+                         values=torch.zeros((T + 1, N), **z))
 
-    iteration, global_step, env_epoch = 0, 0, 0
-    recent = collections.deque(maxlen=100)  # (return, length) of finished training episodes
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        agent.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        obs_norm.load_state_dict(state["obs_norm"])
-        rew_norm.load_state_dict(state["rew_norm"])
-        set_rng_state(state["rng"])
-        iteration, global_step, env_epoch = (state["counters"][k] for k in ("iteration", "global_step", "env_epoch"))
-        recent.extend(tuple(x) for x in state["recent"])
-        for name, box in boxes.items():
-            box.load_state_dict(state["boxes"][name])
-        if iteration >= num_iterations:
-            rundir.check_budget_left(run_dir, global_step)
-    logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=global_step if resume else None,
-                          resume_rows=state.get("metrics_rows") if resume else None)
 
-    # Rollout storage, preallocated.
-    act_shape = envs.single_action_space.shape
-    obs_buf = torch.zeros((T, N, obs_dim), device=device)
-    act_buf = torch.zeros((T, N, *act_shape), device=device)
-    logp_buf = torch.zeros((T, N), device=device)
-    val_buf = torch.zeros((T + 1, N), device=device)
-    params_buf = torch.zeros((T, N, agent.dist_params(obs_buf[0, :1]).shape[-1]), device=device)
-    rew_buf = torch.zeros((T, N), device=device)
-    term_buf = torch.zeros((T, N), device=device)
-    trunc_buf = torch.zeros((T, N), device=device)
-    valid_buf = torch.zeros((T, N), device=device)
-    tracker = AutoresetTracker(N)
-    rollout = {"obs": obs_buf, "act": act_buf, "rew": rew_buf, "term": term_buf, "trunc": trunc_buf,
-               "valid": valid_buf, "params": params_buf, "logp": logp_buf, "values": val_buf}
+class OnPolicyTrainer(Phases):
+    """The on-policy family's phases. One iteration = one rollout of ``n_steps x num_envs`` steps."""
 
-    def begin_env_epoch(epoch: int) -> torch.Tensor:
+    name = "rollouts"
+
+    def __init__(self, cfg: OnPolicyConfig, run: Run):
+        self.cfg, self.device = cfg, torch.device(cfg.device)
+        self.envs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, cfg.vectorization, cfg.env_kwargs)
+        space = self.envs.single_observation_space
+        self.agent = build_agent(cfg, space, self.envs.single_action_space).to(self.device)
+        self.net_params = list(self.agent.parameters())
+        self.optimizer = _optimizer(cfg, self.net_params)
+        obs_dim = int(space.shape[0])
+        self.obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
+        self.rew_norm = RewardNormalizer(cfg.num_envs, cfg.gamma, cfg.norm_reward, cfg.clip_reward)
+        self.policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
+        self.advantage = ADVANTAGES.get(cfg.advantage)
+        self.adv_cfg = AdvantageConfig(gamma=cfg.gamma, gae_lambda=cfg.gae_lambda)
+        self.batch_size = cfg.n_steps * cfg.num_envs
+        self.iterations = -(-cfg.total_steps // self.batch_size)
+        self.cadence = Cadence(log=Cadence.every(cfg.log_every, self.batch_size, ceil=True),
+                               evaluate=Cadence.every(cfg.eval_every, self.batch_size),
+                               checkpoint=Cadence.every(cfg.checkpoint_every, self.batch_size))
+        self.lr = Schedule(cfg.lr_schedule, cfg.learning_rate, self.iterations)
+        self.clip = Schedule(cfg.clip_schedule, 1.0, self.iterations)
+        # The boxes: who samples (and which past data the update sees), the proximal policy of the loss,
+        # the KL-coefficient controller, advantage normalization. Each keeps its state in the checkpoint.
+        dist = self.agent.dist
+        self.sampler = SAMPLERS.get(cfg.sampler)(cfg, self.agent, dist)
+        self.proximal = PROXIMALS.get(cfg.proximal)(cfg, self.agent)
+        self.region = TRUST_REGIONS.get(cfg.trust_region)(cfg, self.iterations)
+        self.adv_norm = ADV_NORMS.get(cfg.adv_norm)(cfg)
+        se_name = {True: "cheap", False: "off"}.get(cfg.sampling_error, cfg.sampling_error)  # old bool configs
+        self.sampling_error = SAMPLING_ERRORS.get(se_name)(cfg, self.agent)  # diagnostic: draws no random numbers
+        # exact KL(pi || pi_old) per state, only for the losses and controllers that read it
+        self.needs_kl = "kl_old" in POLICY_LOSSES.meta(cfg.policy_loss).get("needs", ()) or self.region.needs_kl
+        n_params = self.agent.dist_params(torch.zeros((1, obs_dim), device=self.device)).shape[-1]
+        self.rollout = Rollout(cfg.n_steps, cfg.num_envs, obs_dim, self.envs.single_action_space.shape, n_params,
+                               self.device)
+        self.tracker = AutoresetTracker(cfg.num_envs)
+        run.track("model", self.agent)
+        run.track("optimizer", self.optimizer)
+        run.track("obs_norm", self.obs_norm)
+        run.track("rew_norm", self.rew_norm)
+        run.track("boxes", PartGroup({"sampler": self.sampler, "proximal": self.proximal,
+                                      "trust_region": self.region, "adv_norm": self.adv_norm}))
+        run.counters.update(global_step=0, env_epoch=0, recent=[])
+        self.episodes: list[tuple[float, int]] = []  # finished since the last log
+        self.t_start, self.steps_at_start = time.time(), 0
+
+    def step(self, iteration: int) -> int:
+        return iteration * self.batch_size
+
+    # ---- environments ----------------------------------------------------------------------------------
+    def begin(self, run: Run) -> None:
+        self.steps_at_start, self.t_start = run.counters["global_step"], time.time()
+        self.recent = collections.deque((tuple(e) for e in run.counters["recent"]), maxlen=100)
+        self.obs = self._begin_env_epoch(run.counters["env_epoch"])
+
+    def _begin_env_epoch(self, epoch: int) -> torch.Tensor:
         """(Re-)seed and reset every sub-env; called at start, after each checkpoint and on resume."""
-        raw, _ = envs.reset(seed=seeds_for(cfg.seed, N, epoch))
-        tracker.reset()
-        rew_norm.reset_episodes()
-        return obs_norm(torch.as_tensor(raw, dtype=torch.float32), update=True).to(device)
+        raw, _ = self.envs.reset(seed=seeds_for(self.cfg.seed, self.cfg.num_envs, epoch))
+        self.tracker.reset()
+        self.rew_norm.reset_episodes()
+        return self.obs_norm(torch.as_tensor(raw, dtype=torch.float32), update=True).to(self.device)
 
-    def act_eval(raw_obs: torch.Tensor) -> torch.Tensor:
-        params = agent.dist_params(obs_norm(raw_obs).to(device))
-        return dist.to_env(dist.mode(params)).cpu()
+    def before_checkpoint(self, run: Run) -> None:
+        run.counters["env_epoch"] += 1
+        run.counters["recent"] = [list(e) for e in self.recent]
 
-    def run_eval() -> dict:
+    def after_checkpoint(self, run: Run) -> None:
+        self.obs = self._begin_env_epoch(run.counters["env_epoch"])
+
+    def end(self, run: Run) -> None:
+        self.envs.close()
+
+    # ---- collect ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self, run: Run) -> Rollout:
+        cfg, it, ro, dist = self.cfg, run.iteration, self.rollout, self.agent.dist
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr(it)
+        scale = self.clip(it)
+        self.loss_cfg = self.region.begin_iteration(it, dataclasses.replace(
+            cfg.loss, clip_eps_low=cfg.loss.clip_eps_low * scale, clip_eps_high=cfg.loss.eps_high * scale))
+        self.vf_clip = None if cfg.vf_clip is None else cfg.vf_clip * scale
+        self.sampler.begin_iteration(self.agent)
+        obs = self.obs
+        for t in range(cfg.n_steps):
+            run.accumulate(self.sampler.adapt(t, self.agent, ro))
+            params, value = self.agent(obs)
+            action = dist.sample(self.sampler.behaviour_params(obs, params))
+            ro["obs"][t], ro["act"][t], ro["params"][t], ro["values"][t] = obs, action, params, value
+            ro["logp"][t] = dist.log_prob(params, action)
+            raw, reward, terminated, truncated, _ = self.envs.step(dist.to_env(action).cpu().numpy())
+            valid, finished = self.tracker.step(reward, terminated, truncated)
+            if finished:
+                self.episodes += finished
+                self.recent.extend(finished)
+            valid_t = torch.from_numpy(valid)
+            r = self.rew_norm(torch.as_tensor(reward, dtype=torch.float32), torch.from_numpy(terminated | truncated),
+                              valid_t)
+            ro["rew"][t] = r * valid_t
+            ro["term"][t] = torch.from_numpy(terminated)
+            ro["trunc"][t] = torch.from_numpy(truncated)
+            ro["valid"][t] = valid_t
+            obs = self.obs_norm(torch.as_tensor(raw, dtype=torch.float32), update=True).to(self.device)
+        ro["values"][cfg.n_steps] = self.agent.value(obs)
+        ro["next_obs"] = self.obs = obs
+        run.counters["global_step"] += self.batch_size
+        return ro
+
+    # ---- update ----------------------------------------------------------------------------------------
+    def update(self, run: Run, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """Advantages of this rollout (and of the sampler's stored ones, recomputed), then ``epochs`` passes
+        of minibatch steps; stops early once the approximate KL passes ``target_kl``."""
+        cfg, agent = self.cfg, self.agent
+        fb = _flat_batch([_refresh(agent, b) for b in self.sampler.blocks] + [rollout], self.advantage,
+                         self.adv_cfg)
+        fb["adv"] = self.adv_norm.batch(fb["adv"], fb["valid"])
+        self.batch = fb
+        n = fb["obs"].shape[0]
+        # PROPS' diagnostic: KL(empirical policy of the update data || pi_theta)
+        run.accumulate(self.sampling_error(run.iteration, agent, fb["obs"], fb["act"], fb["params"], fb["valid"]))
+        for _epoch in range(cfg.epochs):
+            # one minibatch per epoch: the whole batch in order, no shuffle or gather needed
+            perm = torch.randperm(n, device=self.device) if n > cfg.minibatch_size else None
+            for start in range(0, n, cfg.minibatch_size):
+                idx = slice(None) if perm is None else perm[start:start + cfg.minibatch_size]
+                stats = self.minibatch_step(fb, idx)
+                run.accumulate(stats)
+            run.accumulate(self.region.fixup(self._kl_on, self.optimizer, self.net_params, n))
+            if cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
+                break
+        self.sampler.push(rollout)
+        return {}
+
+    def _kl_on(self, idx):
+        """Per-state KL in the controller's direction, for FixPO's fix-up phase."""
+        fb = self.batch
+        return self.region.kl(self.agent.dist, self.agent.dist_params(fb["obs"][idx]), fb["params"][idx]), \
+            fb["valid"][idx]
+
+    def minibatch_step(self, fb: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
+        """One gradient step: policy loss + ``vf_coef`` value loss - ``ent_coef`` entropy, one aggregation."""
+        cfg, agent, dist = self.cfg, self.agent, self.agent.dist
+        params_new, v_new = agent(fb["obs"][idx])
+        mask = fb["valid"][idx]
+        mb_adv = self.adv_norm.minibatch(fb["adv"][idx], mask)
+        pb, prox_stats = self.proximal.policy_batch(dist, params_new, fb["obs"][idx], fb["act"][idx],
+                                                    fb["logp"][idx], fb["params"][idx], mb_adv, mask,
+                                                    with_kl=self.needs_kl)
+        agg = Aggregator.for_batch(cfg.aggregation, pb.mask)
+        pl, stats = self.policy_loss(pb, self.region.loss_config(self.loss_cfg), agg)
+        vl = agg(value_loss(v_new, fb["ret"][idx], fb["val"][idx], self.vf_clip)[:, None], pb.mask)
+        with torch.set_grad_enabled(cfg.ent_coef > 0):  # no backward work for an unused bonus
+            ent = agg(dist.entropy(params_new)[:, None], pb.mask)
+        loss = pl + cfg.vf_coef * vl - cfg.ent_coef * ent
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            stats["grad_norm"] = clip_grad_norm(self.net_params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.proximal.after_step(agent)
+        self.region.after_step(pb)
+        stats.update({"loss/policy": pl.detach(), "loss/value": vl.detach(), "loss/entropy": ent.detach(),
+                      "loss/total": loss.detach(), **prox_stats})
+        return stats
+
+    # ---- log and evaluate ------------------------------------------------------------------------------
+    def log_metrics(self, run: Run) -> dict[str, Any]:
+        fb, step = self.batch, run.counters["global_step"]
+        metrics = dict(self.region.stats())
+        metrics.update({"train/lr": self.lr(run.iteration), "train/clip_eps": self.loss_cfg.clip_eps_low,
+                        "train/steps_per_s": (step - self.steps_at_start) / (time.time() - self.t_start),
+                        "stats/value_mean": fb["val"].mean(), "stats/adv_mean": fb["adv"].mean(),
+                        "stats/adv_std": fb["adv"].std()})
+        if self.episodes:
+            metrics["train/episode_return"] = float(np.mean([e[0] for e in self.episodes]))
+            metrics["train/episode_length"] = float(np.mean([e[1] for e in self.episodes]))
+        self.episodes = []
+        return metrics
+
+    def progress_info(self, run: Run) -> dict[str, Any]:
+        return {"ret": float(np.mean([e[0] for e in self.recent])) if self.recent else None}
+
+    def evaluate(self, run: Run, final: bool) -> dict[str, Any]:
+        cfg, agent, dist = self.cfg, self.agent, self.agent.dist
+
+        def act(raw_obs: torch.Tensor) -> torch.Tensor:
+            return dist.to_env(dist.mode(agent.dist_params(self.obs_norm(raw_obs).to(self.device)))).cpu()
+
         agent.eval()
         with torch.no_grad():
-            res = evaluation.evaluate(act_eval, cfg.env_id, cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs)
+            res = evaluation.evaluate(act, cfg.env_id, cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs)
         agent.train()
-        logger.log(global_step, {f"eval/{k}": v for k, v in res.items() if k != "episodes"})
         return res
 
-    def save() -> None:
-        save_checkpoint(ckpt_path, {
-            "model": agent.state_dict(), "optimizer": optimizer.state_dict(), "obs_norm": obs_norm.state_dict(),
-            "rew_norm": rew_norm.state_dict(), "rng": rng_state(), "recent": [list(x) for x in recent],
-            "boxes": {name: box.state_dict() for name, box in boxes.items()}, "metrics_rows": logger.rows,
-            "counters": {"iteration": iteration, "global_step": global_step, "env_epoch": env_epoch}})
+    def result(self, run: Run, final: dict[str, Any]) -> dict[str, Any]:
+        return {"eval_return_mean": final["return_mean"], "eval_return_std": final["return_std"],
+                "steps": run.counters["global_step"], "train_seconds": round(time.time() - self.t_start, 3)}
 
-    obs = begin_env_epoch(env_epoch)
-    stats_acc: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
-    episodes_since_log: list[tuple[float, int]] = []
-    last_log_step, t_start, steps_at_start = global_step, time.time(), global_step
-    last_eval = None
 
-    with TrainProgress(num_iterations * batch_size, f"{cfg.env_id}", cfg.progress, start=global_step) as bar:
-        while iteration < num_iterations:
-            iteration += 1
-            frac = 1.0 - (iteration - 1) / num_iterations
-            lr = cfg.learning_rate * (frac if cfg.lr_schedule == "linear" else 1.0)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            clip_scale = frac if cfg.clip_schedule == "linear" else 1.0
-            loss_cfg = dataclasses.replace(cfg.loss, clip_eps_low=cfg.loss.clip_eps_low * clip_scale,
-                                           clip_eps_high=cfg.loss.eps_high * clip_scale)
-            loss_cfg = region.begin_iteration(iteration, loss_cfg)
-            sampler.begin_iteration(agent)
+FAMILY = FAMILIES.register("control/on-policy", Family("control/on-policy", OnPolicyConfig,
+                                                       "policyopt.control.onpolicy:train",
+                                                       "policyopt.control.onpolicy:evaluate_run"))
 
-            # ---- collect a rollout ---------------------------------------------------------------
-            with torch.no_grad():
-                for t in range(T):
-                    for k, v in sampler.adapt(t, agent, rollout).items():
-                        stats_acc[k].append(v)
-                    params, value = agent(obs)
-                    action = dist.sample(sampler.behaviour_params(obs, params))
-                    obs_buf[t], act_buf[t], params_buf[t], val_buf[t] = obs, action, params, value
-                    logp_buf[t] = dist.log_prob(params, action)
-                    raw, reward, terminated, truncated, _ = envs.step(dist.to_env(action).cpu().numpy())
-                    valid, finished = tracker.step(reward, terminated, truncated)
-                    episodes_since_log += finished
-                    recent.extend(finished)
-                    valid_t = torch.from_numpy(valid)
-                    done_t = torch.from_numpy(terminated | truncated)
-                    r = rew_norm(torch.as_tensor(reward, dtype=torch.float32), done_t, valid_t)
-                    rew_buf[t] = r * valid_t
-                    term_buf[t] = torch.from_numpy(terminated)
-                    trunc_buf[t] = torch.from_numpy(truncated)
-                    valid_buf[t] = valid_t
-                    obs = obs_norm(torch.as_tensor(raw, dtype=torch.float32), update=True).to(device)
-                val_buf[T] = agent.value(obs)
-                rollout["next_obs"] = obs
-            global_step += batch_size
 
-            # ---- advantages (of this rollout and of the sampler's stored ones, recomputed) --------
-            fb = _flat_batch([_refresh(agent, b) for b in sampler.blocks] + [rollout], advantage, adv_cfg)
-            b_obs, b_act, b_logp, b_params = fb["obs"], fb["act"], fb["logp"], fb["params"]
-            b_adv, b_ret, b_val, b_valid = adv_norm.batch(fb["adv"], fb["valid"]), fb["ret"], fb["val"], fb["valid"]
-            n_update = b_obs.shape[0]
-            # PROPS' diagnostic: KL(empirical policy of the update data || pi_theta)
-            for k, v in sampling_error(iteration, agent, b_obs, b_act, b_params, b_valid).items():
-                stats_acc[k].append(v)
-
-            # ---- optimize ------------------------------------------------------------------------
-            def kl_on(idx, obs=b_obs, old=b_params, valid=b_valid):  # per-state KL, controller's direction
-                return region.kl(dist, agent.dist_params(obs[idx]), old[idx]), valid[idx]
-
-            for _epoch in range(cfg.epochs):
-                # one minibatch per epoch: the whole batch in order, no shuffle or gather needed
-                perm = torch.randperm(n_update, device=device) if n_update > cfg.minibatch_size else None
-                for start in range(0, n_update, cfg.minibatch_size):
-                    idx = slice(None) if perm is None else perm[start:start + cfg.minibatch_size]
-                    params_new, v_new = agent(b_obs[idx])
-                    mask = b_valid[idx]
-                    mb_adv = adv_norm.minibatch(b_adv[idx], mask)
-                    pb, prox_stats = proximal.policy_batch(dist, params_new, b_obs[idx], b_act[idx], b_logp[idx],
-                                                           b_params[idx], mb_adv, mask, with_kl=needs_kl)
-                    agg = Aggregator.for_batch(cfg.aggregation, pb.mask)
-                    pl, stats = policy_loss(pb, region.loss_config(loss_cfg), agg)
-                    vl = agg(value_loss(v_new, b_ret[idx], b_val[idx], cfg.vf_clip)[:, None], pb.mask)
-                    with torch.set_grad_enabled(cfg.ent_coef > 0):  # no backward work for an unused bonus
-                        ent = agg(dist.entropy(params_new)[:, None], pb.mask)
-                    loss = pl + cfg.vf_coef * vl - cfg.ent_coef * ent
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.max_grad_norm is not None:
-                        stats["grad_norm"] = clip_grad_norm(net_params, cfg.max_grad_norm)
-                    optimizer.step()
-                    proximal.after_step(agent)
-                    region.after_step(pb)
-                    stats.update({"loss/policy": pl.detach(), "loss/value": vl.detach(), "loss/entropy": ent.detach(),
-                                  "loss/total": loss.detach(), **prox_stats})
-                    for k, v in stats.items():
-                        stats_acc[k].append(v)
-                for k, v in region.fixup(kl_on, optimizer, net_params, n_update).items():
-                    stats_acc[k].append(torch.tensor(v))
-                if cfg.target_kl is not None and float(stats["approx_kl"]) > cfg.target_kl:
-                    break
-
-            # ---- check, log, evaluate, checkpoint (one host sync per iteration) -------------------
-            if not bool(torch.isfinite(torch.stack(stats_acc["loss/total"][-cfg.epochs:])).all()):
-                raise NonFiniteLoss(f"non-finite loss at step {global_step} (iteration {iteration}); "
-                                    f"parameters not saved, last good checkpoint: {ckpt_path}")
-            if global_step - last_log_step >= cfg.log_every or iteration == num_iterations:
-                metrics = {("stats/" + k if "/" not in k else k): torch.stack(v).float().mean()
-                           for k, v in stats_acc.items()}
-                metrics.update(region.stats())
-                metrics.update({"train/lr": lr, "train/clip_eps": loss_cfg.clip_eps_low,
-                                "train/steps_per_s": (global_step - steps_at_start) / (time.time() - t_start),
-                                "stats/value_mean": b_val.mean(), "stats/adv_mean": b_adv.mean(),
-                                "stats/adv_std": b_adv.std()})
-                if episodes_since_log:
-                    metrics["train/episode_return"] = float(np.mean([e[0] for e in episodes_since_log]))
-                    metrics["train/episode_length"] = float(np.mean([e[1] for e in episodes_since_log]))
-                logger.log(global_step, metrics)
-                stats_acc.clear()
-                episodes_since_log = []
-                last_log_step = global_step
-            if eval_every and iteration % eval_every == 0 and iteration != num_iterations:
-                last_eval = run_eval()
-            sampler.push(rollout)
-            if iteration % ckpt_every == 0 or iteration == num_iterations:
-                env_epoch += 1
-                save()
-                if iteration != num_iterations:
-                    obs = begin_env_epoch(env_epoch)
-            bar.update(global_step, ret=float(np.mean([e[0] for e in recent])) if recent else None,
-                       eval=last_eval["return_mean"] if last_eval else None)
-
-    envs.close()
-    train_seconds = time.time() - t_start
-    final = run_eval()
-    logger.close()
-    result = {"eval_return_mean": final["return_mean"], "eval_return_std": final["return_std"],
-              "steps": global_step, "train_seconds": round(train_seconds, 3)}
-    atomic_write_text(run_dir / "eval.json", json.dumps({**final, "step": global_step}, indent=2))
-    return result
+def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False, **run_info: Any) -> dict:
+    """Train (or resume) an on-policy run in ``run_dir``; returns the final evaluation summary."""
+    torch.set_num_threads(cfg.threads)
+    return execute(FAMILY, cfg, run_dir, resume, lambda run: [OnPolicyTrainer(cfg, run)], seed=cfg.seed,
+                   tensorboard=cfg.tensorboard, progress=cfg.progress, info=run_info)
 
 
 def load_agent(run_dir: str | Path):
     """Rebuild a trained agent and its frozen observation normalizer from a run directory."""
-    from policyopt import algos
-    from policyopt.config import resolve
-
-    info = rundir.read_info(run_dir)
-    cfg = resolve(algos.get(info["algo"]).config(), rundir.read_config(run_dir))
     import gymnasium as gym
 
+    cfg = load_config(run_dir, OnPolicyConfig)
     env = gym.make(cfg.env_id, **cfg.env_kwargs)
     agent = build_agent(cfg, env.observation_space, env.action_space)
     env.close()
-    state = load_checkpoint(rundir.checkpoint_path(run_dir))
+    state = load_checkpoint(checkpoint_path(run_dir))
     agent.load_state_dict(state["model"])
     obs_norm = ObsNormalizer(env.observation_space.shape, cfg.norm_obs, cfg.clip_obs)
     obs_norm.load_state_dict(state["obs_norm"])

@@ -5,10 +5,17 @@ statistics, RNG states, counters) is flattened: tensors are stored under their d
 everything else (numbers, strings, lists, the structure itself) goes into a JSON string in the
 file's metadata. Nothing is ever loaded with pickle. The file is written to a temporary name and
 renamed over the previous checkpoint, so a crash mid-write leaves the last good checkpoint intact.
+
+The metadata also holds a SHA-256 digest of every tensor's name, dtype, shape and bytes; loading
+recomputes it, so flipped bytes, a truncated file or a foreign file are refused with one line naming
+the file (:class:`~policyopt.errors.UserError`) instead of training on wrong weights. Saving refuses
+state holding NaN or infinity (:class:`~policyopt.errors.NonFiniteLoss`): the last good checkpoint is
+never replaced by a broken one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -18,9 +25,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
-from policyopt.errors import UserError
+from policyopt.errors import NonFiniteLoss, UserError
 from policyopt.runs.files import atomic_write
 
+FORMAT = "policyopt-checkpoint-v2"
 _T = "__tensor__"
 _TUPLE = "__tuple__"
 
@@ -62,10 +70,36 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def nonfinite_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or infinity."""
+    bad = []
+    for k, t in tensors.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad.append(k)
+    return bad
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (nested dicts/lists/tuples of tensors, arrays and plain values)."""
+    """Atomically write ``state`` (nested dicts/lists/tuples of tensors, arrays and plain values).
+
+    Raises :class:`NonFiniteLoss` (writing nothing) if a floating-point tensor holds NaN or infinity."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, "", tensors)
+    bad = nonfinite_keys(tensors)
+    if bad:
+        raise NonFiniteLoss(f"refusing to checkpoint non-finite state ({', '.join(bad[:3])}"
+                            f"{' ...' if len(bad) > 3 else ''}); the last good checkpoint {str(path)!r} is kept")
     # safetensors refuses tensors that share memory; clone any that alias.
     seen: dict[int, str] = {}
     for k, t in list(tensors.items()):
@@ -73,20 +107,34 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         if ptr in seen and ptr != -1:
             tensors[k] = t.clone()
         seen[ptr] = k
-    meta = {"format": "policyopt-checkpoint-v1", "state": json.dumps(skeleton)}
+    meta = {"format": FORMAT, "state": json.dumps(skeleton), "sha256": tensor_digest(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and verify a checkpoint; a missing, corrupt, truncated or foreign file raises :class:`UserError`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {str(path)!r}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "policyopt-checkpoint-v1":
-        raise UserError(f"{str(path)!r} is not a policyopt checkpoint")
-    tensors = load_file(str(path))
-    return _unflatten(json.loads(meta["state"]), tensors)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise UserError(f"{str(path)!r} is not a policyopt checkpoint of this version "
+                            f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+        tensors = load_file(str(path))
+        skeleton = json.loads(meta["state"])
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
+        raise UserError(f"checkpoint {str(path)!r} is unreadable (corrupt or truncated): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if tensor_digest(tensors) != meta.get("sha256"):
+        raise UserError(f"checkpoint {str(path)!r} is corrupt: its tensor data does not match the stored checksum")
+    try:
+        return _unflatten(skeleton, tensors)
+    except KeyError as e:
+        raise UserError(f"checkpoint {str(path)!r} is corrupt: missing tensor {e}") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""The Python API: one ``train`` for every trainer family, one ``evaluate`` for every run directory.
+
+>>> import policyopt
+>>> cfg = policyopt.config("ppo", env="CartPole-v1", total_steps=2048)   # doctest: +SKIP
+>>> result = policyopt.train(cfg, "runs/ppo-cartpole")                   # doctest: +SKIP
+>>> policyopt.evaluate("runs/ppo-cartpole", episodes=5)                  # doctest: +SKIP
+
+The command line (``policyopt train``, ``policyopt bench``) goes through the same two functions, so a run
+directory written from Python has ``config.yaml`` and ``run.json`` like any other and can be evaluated,
+resumed and reported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from policyopt.errors import UserError
+from policyopt.runs import rundir
+from policyopt.runs.files import atomic_write_text
+
+
+def config(algo: str, *, config_file: str | Path | None = None, sets: Mapping[str, Any] | None = None,
+           **flags: Any):
+    """The resolved config of preset ``algo``: dataclass defaults < preset < tuned env/task preset < YAML file
+    < ``sets`` (dotted keys, as ``--set``) < ``flags`` (``env=``/``task=`` select the target, any other field
+    name sets that field)."""
+    from policyopt import algos
+
+    a = algos.get(algo)
+    flags = dict(flags)
+    for alias in ("env", "task"):
+        if alias in flags:
+            flags[a.target_key] = flags.pop(alias)
+    return algos.build_config(algo, config_file=config_file, sets=sets, flags=flags)
+
+
+def train(cfg: Any, out: str | Path, *, resume: bool = False, algo: str | None = None) -> dict[str, Any]:
+    """Train ``cfg`` (any family's config) into the run directory ``out``, or resume the run there."""
+    from policyopt.runs.lifecycle import FAMILIES, family_of
+
+    if algo and not any(f.config is type(cfg) for _, f in FAMILIES.items()):
+        return _legacy_train(cfg, Path(out), resume, algo)  # TRANSITIONAL: removed once every family is ported
+    fam = family_of(cfg)
+    info = {"algo": algo} if algo else {}
+    return fam.load("train")(cfg, Path(out), resume=resume, **info)
+
+
+def _legacy_train(cfg, run_dir: Path, resume: bool, algo: str):  # TRANSITIONAL
+    from policyopt import algos
+    from policyopt.config import save_yaml
+
+    a = algos.get(algo)
+    if not resume:
+        rundir.prepare_new(run_dir)
+        save_yaml(cfg, run_dir / "config.yaml")
+    rundir.write_info(run_dir, algo=algo, family=a.family, status="running")
+    try:
+        result = a.load("train")(cfg, run_dir, resume=resume)
+    except BaseException as e:
+        rundir.write_info(run_dir, status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+                          error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
+    rundir.write_info(run_dir, status="finished")
+    return result
+
+
+def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Continue a run from its last checkpoint with its saved config (``total_steps`` extends its budget)."""
+    from policyopt.config import resolve
+    from policyopt.runs.lifecycle import load_family
+
+    info = rundir.read_info(run_dir)
+    if info.get("family") not in _ported():  # TRANSITIONAL
+        from policyopt import algos
+
+        a = algos.get(info["algo"])
+        cfg = resolve(a.config(), rundir.read_config(run_dir), *([{"total_steps": int(total_steps)}]
+                                                                   if total_steps is not None else []))
+        save_yaml_cfg(cfg, run_dir)
+        return _legacy_train(cfg, Path(run_dir), True, info["algo"])
+    fam = load_family(run_dir)
+    layers: list[dict[str, Any]] = [rundir.read_config(run_dir)]
+    if total_steps is not None:
+        layers.append({"total_steps": int(total_steps)})
+    if progress is not None and "progress" in fam.config.__dataclass_fields__:
+        layers.append({"progress": progress})
+    cfg = resolve(fam.config(), *layers)
+    return fam.load("train")(cfg, Path(run_dir), resume=True)
+
+
+def evaluate(run_dir: str | Path, *, episodes: int | None = None, video: bool = False, deterministic: bool = True,
+             save: bool = True) -> dict[str, Any]:
+    """Evaluate a run's saved policy; with ``save`` the result is also written to ``RUN_DIR/evals/eval-N.json``."""
+    from policyopt.runs.lifecycle import load_family
+
+    if episodes is not None and (isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1):
+        raise UserError(f"episodes must be a positive integer, got {episodes!r}")
+    info = rundir.read_info(run_dir)
+    if info.get("family") not in _ported():  # TRANSITIONAL
+        from policyopt import algos
+
+        ev = algos.get(info["algo"]).load("eval")
+    else:
+        ev = load_family(run_dir).load("evaluate")
+    result = ev(run_dir, episodes=episodes, video=video, deterministic=deterministic)
+    if save:
+        folder = Path(run_dir) / "evals"
+        folder.mkdir(exist_ok=True)
+        n = 1 + max((int(p.stem.split("-")[1]) for p in folder.glob("eval-*.json")
+                     if p.stem.split("-")[1].isdigit()), default=0)
+        settings = {"episodes": episodes, "deterministic": deterministic, "video": video}
+        atomic_write_text(folder / f"eval-{n}.json", json.dumps({**result, "settings": settings}, indent=2))
+        result = {**result, "saved": str(folder / f"eval-{n}.json")}
+    return result
+
+
+def _ported():  # TRANSITIONAL
+    from policyopt.runs.lifecycle import FAMILIES
+
+    return FAMILIES.names()
+
+
+def save_yaml_cfg(cfg, run_dir):  # TRANSITIONAL
+    from policyopt.config import save_yaml
+
+    save_yaml(cfg, Path(run_dir) / "config.yaml")
