@@ -62,7 +62,7 @@ HAND = {
     "dr_grpo": lambda lp, lo: _clip(lp, lo, _grpo_adv(REWARDS, False), 0.2, 0.2),
     "dapo": lambda lp, lo: _clip(lp, lo, _grpo_adv(REWARDS), 0.2, 0.28),
     "rloo": lambda lp, lo: _clip(lp, lo, _grpo_adv(REWARDS, False) * G / (G - 1), 0.2, 0.2),
-    "cispo": lambda lp, lo: -torch.clamp(torch.exp(lp - lo), 0.8, 5.0).detach() * _grpo_adv(REWARDS) * lp,
+    "cispo": lambda lp, lo: -torch.clamp(torch.exp(lp - lo), max=5.0).detach() * _grpo_adv(REWARDS) * lp,  # cap only
     "cpgd": lambda lp, lo: (
         torch.maximum(
             -_grpo_adv(REWARDS) * (lp - lo),

@@ -118,16 +118,19 @@ def test_ppo_clip_higher_is_asymmetric():
 
 
 def test_ppo_clip_from_steps():
-    b = PolicyBatch.from_steps(t([-1.0, -2.0]).requires_grad_(True), t([-1.0, -2.0]) - math.log(1.5),
-                               t([1.0, -1.0]))
+    b = PolicyBatch.from_steps(t([-1.0, -2.0]).requires_grad_(True), t([-1.0, -2.0]) - math.log(1.5), t([1.0, -1.0]))
     assert b.logp.shape == (2, 1) and b.mask.shape == (2, 1)
     loss, grad, _ = run("ppo_clip", b)
     # r = 1.5 for both: A=1 -> clipped -1.2 (grad 0); A=-1 -> max(1.5, 1.2) = 1.5 (grad -A r = 1.5)
     assert loss.item() == pytest.approx((-1.2 + 1.5) / 2)
     close(grad, [[0.0], [1.5 / 2]])
     # a step mask (e.g. autoreset steps) drops the second step: loss -1.2 / 1, no gradient anywhere
-    b = PolicyBatch.from_steps(t([-1.0, -2.0]).requires_grad_(True), t([-1.0, -2.0]) - math.log(1.5),
-                               t([1.0, -1.0]), mask=torch.tensor([True, False]))
+    b = PolicyBatch.from_steps(
+        t([-1.0, -2.0]).requires_grad_(True),
+        t([-1.0, -2.0]) - math.log(1.5),
+        t([1.0, -1.0]),
+        mask=torch.tensor([True, False]),
+    )
     loss, grad, _ = run("ppo_clip", b)
     assert b.mask.dtype == D and b.mask.flatten().tolist() == [1.0, 0.0]
     assert loss.item() == pytest.approx(-1.2)
@@ -141,8 +144,12 @@ def test_dual_clip_caps_negative_advantages():
     #   (0,1) r=2,   A=-1: surr = max(2, 1.2) = 2 < 3 -> 2 (grad -A r = 2)
     #   (1,0) r=0.5, A=-1: surr = max(0.5, 0.8) = 0.8 (clipped, grad 0)
     #   (1,1) r=5,   A=+1: surr = max(-5, -1.2) = -1.2 (A > 0: no cap, grad 0)
-    kw = dict(ratio=[[5.0, 2.0, 9.0], [0.5, 5.0, 9.0]], adv=[[-1.0, -1.0, -1.0], [-1.0, 1.0, -1.0]],
-              mask=[[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], logp=[[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    kw = dict(
+        ratio=[[5.0, 2.0, 9.0], [0.5, 5.0, 9.0]],
+        adv=[[-1.0, -1.0, -1.0], [-1.0, 1.0, -1.0]],
+        mask=[[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]],
+        logp=[[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]],
+    )
     hp = PolicyLossConfig(dual_clip_c=3.0)
     loss, grad, stats = run("dual_clip", make_batch(**kw), hp)
     assert loss.item() == pytest.approx((3 + 2 + 0.8 - 1.2) / 4)
@@ -156,24 +163,49 @@ def test_dual_clip_caps_negative_advantages():
 
 
 # ============================================================================ cispo
-def test_cispo_keeps_gradient_on_clipped_tokens():
-    # weight = sg(clip(r, 0.8, 1.2)) = [[1.0, 1.2, 0.8], [1.1, 0.8, .]]; per token -w A logp:
-    #   -1*1*(-1) = 1, -1.2*1*(-2) = 2.4, -0.8*(-1)*(-0.5) = -0.4,
-    #   -1.1*(-2)*(-1.5) = -3.3, -0.8*0.5*(-0.3) = 0.12
+def test_cispo_caps_weight_above_only():
+    # Default config: cap 1 + eps_high = 1.2, no lower bound, so r = 0.5 and r = 0.7 (< 0.8) keep their weight.
+    # weight = sg(min(r, 1.2)) = [[1.0, 1.2, 0.5], [1.1, 0.7, .]]; per token -w A logp:
+    #   -1*1*(-1) = 1, -1.2*1*(-2) = 2.4, -0.5*(-1)*(-0.5) = -0.25,
+    #   -1.1*(-2)*(-1.5) = -3.3, -0.7*0.5*(-0.3) = 0.105
     loss, grad, stats = run("cispo", make_batch())
+    assert loss.item() == pytest.approx((1 + 2.4 - 0.25 - 3.3 + 0.105) / N)
+    # gradient -w A / N, nonzero on every token, the capped (0,1) and the low-ratio (0,2), (1,1) included
+    close(grad, [[-1.0 / N, -1.2 / N, 0.5 / N], [2.2 / N, -0.35 / N, 0.0]])
+    assert stats["clip_frac_low"].item() == 0.0  # nothing is bounded below
+    assert stats["clip_frac_high"].item() == pytest.approx(1 / N)  # (0,1): r = 1.5 > 1.2 with A > 0
+
+
+def test_cispo_optional_lower_bound():
+    # cispo_eps_low = 0.2: weight = sg(clip(r, 0.8, 1.2)) = [[1.0, 1.2, 0.8], [1.1, 0.8, .]]; per token -w A logp:
+    #   1, 2.4, -0.8*(-1)*(-0.5) = -0.4, -3.3, -0.8*0.5*(-0.3) = 0.12
+    loss, grad, stats = run("cispo", make_batch(), PolicyLossConfig(cispo_eps_low=0.2))
     assert loss.item() == pytest.approx((1 + 2.4 - 0.4 - 3.3 + 0.12) / N)
-    # gradient -w A / N, nonzero on the two clipped tokens (0,1) and (0,2)
     close(grad, [[-1.0 / N, -1.2 / N, 0.8 / N], [2.2 / N, -0.4 / N, 0.0]])
-    assert grad[0, 1].item() != 0 and grad[0, 2].item() != 0
-    assert stats["clip_frac_low"].item() == pytest.approx(1 / N)
-    assert stats["clip_frac_high"].item() == pytest.approx(1 / N)
+    assert stats["clip_frac_low"].item() == pytest.approx(1 / N)  # (0,2): r = 0.5 < 0.8 with A < 0
+
+
+def test_cispo_preset_caps_at_five_and_keeps_small_weights():
+    from policyopt import algos
+
+    hp = algos.build_config("cispo").loss
+    assert hp.clip_eps_high == 4.0 and hp.cispo_eps_low is None
+    # r = [6, 0.5, 0.3], A = [1, 1, -2], logp = [-1, -2, -0.5]: w = [5, 0.5, 0.3]
+    # per token -w A logp = [5, 1, -0.3], token-mean over 3
+    b = make_batch(ratio=[[6.0, 0.5, 0.3]], adv=[[1.0, 1.0, -2.0]], mask=[[1.0, 1.0, 1.0]], logp=[[-1.0, -2.0, -0.5]])
+    loss, grad, _ = run("cispo", b, hp)
+    assert loss.item() == pytest.approx((5.0 + 1.0 - 0.3) / 3)
+    close(grad, [[-5.0 / 3, -0.5 / 3, 0.6 / 3]])
 
 
 # ============================================================================ gspo
 # Sequence ratios: row 0 r = [2, 2, (7 masked)] -> s_0 = exp(mean(log 2, log 2)) = 2
 #                  row 1 r = [0.5, 0.5, 0.5]      -> s_1 = 0.5
-GSPO_KW = dict(ratio=[[2.0, 2.0, 7.0], [0.5, 0.5, 0.5]], mask=[[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]],
-               logp=[[-1.0, -0.5, -2.0], [-0.2, -1.5, -0.7]])
+GSPO_KW = dict(
+    ratio=[[2.0, 2.0, 7.0], [0.5, 0.5, 0.5]],
+    mask=[[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]],
+    logp=[[-1.0, -0.5, -2.0], [-0.2, -1.5, -0.7]],
+)
 
 
 def test_gspo_value_is_clipped_sequence_ratio():
@@ -229,8 +261,9 @@ def test_cpgd_without_drift_inside_clip_is_minus_a_log_r():
     adv = [[1.0, -2.0, 0.5], [3.0, -1.0, 4.0]]
     b = make_batch(ratio=ratio, adv=adv)
     loss, grad, stats = run("cpgd", b, PolicyLossConfig(drift_coef=0.0))
-    expected = -(1 * math.log(1.1) - 2 * math.log(0.9) + 0.5 * math.log(1.15) + 3 * math.log(1.0)
-                 - 1 * math.log(0.85)) / N
+    expected = (
+        -(1 * math.log(1.1) - 2 * math.log(0.9) + 0.5 * math.log(1.15) + 3 * math.log(1.0) - 1 * math.log(0.85)) / N
+    )
     assert loss.item() == pytest.approx(expected)
     close(grad, [[-1 / N, 2 / N, -0.5 / N], [-3 / N, 1 / N, 0.0]])  # d(-A log r)/d logp = -A
     assert stats["clip_frac"].item() == 0.0
@@ -238,8 +271,10 @@ def test_cpgd_without_drift_inside_clip_is_minus_a_log_r():
     loss, grad, stats = run("cpgd", make_batch(ratio=ratio, adv=adv), PolicyLossConfig(drift_coef=0.1))
     drift = [r - 1 - math.log(r) for r in [1.1, 0.9, 1.15, 1.0, 0.85]]
     assert loss.item() == pytest.approx(expected + 0.1 * sum(drift) / N)
-    close(grad, [[(-1 + 0.1 * 0.1) / N, (2 - 0.1 * 0.1) / N, (-0.5 + 0.1 * 0.15) / N],
-                 [-3 / N, (1 - 0.1 * 0.15) / N, 0.0]])
+    close(
+        grad,
+        [[(-1 + 0.1 * 0.1) / N, (2 - 0.1 * 0.1) / N, (-0.5 + 0.1 * 0.15) / N], [-3 / N, (1 - 0.1 * 0.15) / N, 0.0]],
+    )
     assert stats["drift"].item() == pytest.approx(sum(drift) / N)
 
 

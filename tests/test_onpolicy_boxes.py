@@ -15,6 +15,7 @@ from policyopt.control.distributions import Categorical, DiagGaussian
 from policyopt.control.kl_control import TRUST_REGIONS
 from policyopt.control.networks import ActorCritic
 from policyopt.control.onpolicy import OnPolicyConfig
+from policyopt.control.props import props_loss
 from policyopt.control.proximal import ADV_NORMS, PROXIMALS
 from policyopt.control.sampling_error import sampling_error
 from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, PolicyLossConfig
@@ -32,7 +33,9 @@ def test_props_loss_hand_computed():
     kl = torch.tensor([0.1, 0.2, 0.3])
     pb = PolicyBatch.from_steps(logp, logp_old, torch.full((3,), -1.0), kl_old=kl)
     hp = PolicyLossConfig(clip_eps_low=0.2, proximal_coef=0.5)
-    loss, stats = POLICY_LOSSES.get("props")(pb, hp, Aggregator.for_batch("token-mean", pb.mask))
+    assert POLICY_LOSSES.get("props") is props_loss  # registered under its name by policyopt.control.props
+    assert POLICY_LOSSES.meta("props")["needs"] == ("kl_old",)
+    loss, stats = props_loss(pb, hp, Aggregator.for_batch("token-mean", pb.mask))
     # max(r, clip(r, 0.8, 1.2)) = [1.5, 0.8, 1.1]; + 0.5 * kl = [1.55, 0.9, 1.25]; mean = 3.7 / 3
     assert loss.item() == pytest.approx(3.7 / 3, abs=1e-6)
     loss.backward()
@@ -100,8 +103,9 @@ def test_ewma_adv_norm_hand_computed():
     state = norm.state_dict()
     again = ADV_NORMS.get("ewma")(_cfg(**{"ewma.adv_decay": 0.5}))
     again.load_state_dict(state)
-    assert torch.allclose(again.batch(torch.tensor([0.0, 2.0]), torch.ones(2)),
-                          norm.batch(torch.tensor([0.0, 2.0]), torch.ones(2)))
+    assert torch.allclose(
+        again.batch(torch.tensor([0.0, 2.0]), torch.ones(2)), norm.batch(torch.tensor([0.0, 2.0]), torch.ones(2))
+    )
 
 
 def test_ewma_proximal_update_and_decoupled_objective():
@@ -129,8 +133,9 @@ def test_ewma_proximal_update_and_decoupled_objective():
     logp_behav = torch.full((6,), math.log(0.5))
     params_new = agent.dist_params(obs)
     pb, stats = prox.policy_batch(agent.dist, params_new, obs, act, logp_behav, None, adv, torch.ones(6))
-    loss, _ = POLICY_LOSSES.get("ppo_clip")(pb, PolicyLossConfig(clip_eps_low=0.2), Aggregator.for_batch(
-        "token-mean", pb.mask))
+    loss, _ = POLICY_LOSSES.get("ppo_clip")(
+        pb, PolicyLossConfig(clip_eps_low=0.2), Aggregator.for_batch("token-mean", pb.mask)
+    )
     # E[(pi_prox / pi_behav) * max(-A r, -A clip(r))], r = pi / pi_prox, written out directly
     lp_new = agent.dist.log_prob(params_new, act)
     lp_prox = agent.dist.log_prob(prox.net.dist_params(obs), act)
@@ -208,8 +213,11 @@ def test_kl_direction_follows_trust_region_controller():
     kl_new_old = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
     kl_old_new = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
     dist, obs, act = Categorical(2), torch.zeros(1, 4), torch.tensor([0])
-    for region, loss, expected in (("fixpo", "kl_proximal", kl_old_new), ("mdpo", "kl_proximal", kl_new_old),
-                                   ("none", "ppo_clip", kl_new_old)):
+    for region, loss, expected in (
+        ("fixpo", "kl_proximal", kl_old_new),
+        ("mdpo", "kl_proximal", kl_new_old),
+        ("none", "ppo_clip", kl_new_old),
+    ):
         box = PROXIMALS.get("behaviour")(_cfg(trust_region=region, policy_loss=loss), _agent())
         pb, _ = box.policy_batch(dist, new, obs, act, torch.log(torch.tensor([0.5])), old, torch.ones(1), torch.ones(1))
         assert pb.kl_old.reshape(-1).item() == pytest.approx(expected, abs=1e-6), region
@@ -223,8 +231,11 @@ def _props_sampler(**props):
     cfg = _cfg(sampler="props", num_envs=2, minibatch_size=64, **{f"props.{k}": v for k, v in props.items()})
     agent = _agent(5)
     g = torch.Generator().manual_seed(1)
-    rollout = {"obs": torch.randn(8, 2, 4, generator=g), "act": torch.randint(0, 2, (8, 2), generator=g),
-               "valid": torch.ones(8, 2)}
+    rollout = {
+        "obs": torch.randn(8, 2, 4, generator=g),
+        "act": torch.randint(0, 2, (8, 2), generator=g),
+        "valid": torch.ones(8, 2),
+    }
     return PropsSampler(cfg, agent, agent.dist), agent, rollout
 
 
@@ -247,8 +258,9 @@ def test_props_resets_behaviour_to_target_before_every_adaptation():
 
 def test_props_clips_the_behaviour_gradient_norm():
     seen = []
-    sampler, agent, rollout = _props_sampler(target_kl=10.0, epochs=1, minibatch_size=16, max_grad_norm=1e-3,
-                                             kl_coef=0.0)
+    sampler, agent, rollout = _props_sampler(
+        target_kl=10.0, epochs=1, minibatch_size=16, max_grad_norm=1e-3, kl_coef=0.0
+    )
     step = sampler.optimizer.step
 
     def spy(*a, **k):
@@ -305,8 +317,9 @@ def test_mle_fit_recovers_empirical_frequencies_hand_sized():
     obs = torch.tensor([[1.0]] * 4 + [[-1.0]] * 4 + [[1.0]])
     act = torch.tensor([0, 0, 0, 1, 2, 2, 1, 1, 2])
     mask = torch.tensor([1.0] * 8 + [0.0])
-    fitted, steps = fit_empirical_policy(net, net.dist, obs, act, mask,
-                                         MLEFitConfig(max_steps=3000, lr=3e-2, tol=1e-7, patience=50))
+    fitted, steps = fit_empirical_policy(
+        net, net.dist, obs, act, mask, MLEFitConfig(max_steps=3000, lr=3e-2, tol=1e-7, patience=50)
+    )
     p = torch.softmax(fitted, -1)
     assert torch.allclose(p[0], torch.tensor([0.75, 0.25, 0.0]), atol=0.02)
     assert torch.allclose(p[4], torch.tensor([0.0, 0.5, 0.5]), atol=0.02)
@@ -325,8 +338,17 @@ def test_mle_diagnostic_does_not_change_training(tmp_path):
     from policyopt.runs.checkpoint import load_checkpoint
     from policyopt.runs.rundir import checkpoint_path
 
-    base = {"env_id": "CartPole-v1", "total_steps": 1024, "num_envs": 2, "n_steps": 128, "minibatch_size": 64,
-            "eval_episodes": 1, "log_every": 256, "progress": False, "sampling_error_mle.every": 2}
+    base = {
+        "env_id": "CartPole-v1",
+        "total_steps": 1024,
+        "num_envs": 2,
+        "n_steps": 128,
+        "minibatch_size": 64,
+        "eval_episodes": 1,
+        "log_every": 256,
+        "progress": False,
+        "sampling_error_mle.every": 2,
+    }
     models, logged = [], []
     for se in ("cheap", "mle"):
         run = tmp_path / se

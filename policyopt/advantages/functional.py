@@ -17,8 +17,16 @@ def _f(x: Tensor, like: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor,
-        gamma: float, lam: float, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    lam: float,
+    valid: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Generalized Advantage Estimation (Schulman et al., 2016, "High-Dimensional Continuous
     Control Using Generalized Advantage Estimation").
 
@@ -47,8 +55,14 @@ def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor
 
 
 @torch.no_grad()
-def discounted_returns(rewards: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor,
-                       gamma: float, valid: Tensor | None = None) -> Tensor:
+def discounted_returns(
+    rewards: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    truncated: Tensor,
+    gamma: float,
+    valid: Tensor | None = None,
+) -> Tensor:
     """Monte-Carlo (reward-to-go) returns ``G_t = r_t + gamma * G_{t+1}`` (Williams, 1992, REINFORCE).
 
     The sum stops at ``terminated``; at ``truncated`` and at the end of the rollout it is
@@ -135,8 +149,9 @@ def last_token_index(mask: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def reinforce_pp_token_rewards(seq_rewards: Tensor, mask: Tensor, kl: Tensor | None = None,
-                               kl_coef: float = 0.0) -> Tensor:
+def reinforce_pp_token_rewards(
+    seq_rewards: Tensor, mask: Tensor, kl: Tensor | None = None, kl_coef: float = 0.0
+) -> Tensor:
     """REINFORCE++ token rewards (Hu, 2025, "REINFORCE++"): ``-kl_coef * KL_t`` on every token, plus the
     sequence reward on the last valid token. ``kl`` is a per-token estimate ``(B, L)``."""
     m = mask.to(seq_rewards.dtype)
@@ -175,9 +190,10 @@ def reinforce_pp_baseline(seq_rewards: Tensor, group_ids: Tensor, mask: Tensor) 
 
 
 @torch.no_grad()
-def decoupled_group(reward_components: Tensor, group_ids: Tensor, weights: Tensor | None = None,
-                    eps: float = 1e-6) -> Tensor:
-    """GDPO (Group reward-Decoupled normalization Policy Optimization, seed 004): normalize each reward
+def decoupled_group(
+    reward_components: Tensor, group_ids: Tensor, weights: Tensor | None = None, eps: float = 1e-6
+) -> Tensor:
+    """GDPO (Group reward-Decoupled normalization Policy Optimization): normalize each reward
     component within its group separately (GRPO-style), take the weighted sum, then whiten over the batch.
 
     ``reward_components`` is ``(B, K)``. Combining first and normalizing after (GRPO on the summed

@@ -6,70 +6,110 @@ that coefficient per iteration or per gradient step and may add extra gradient s
 ``mdpo`` -- on-policy MDPO (Tomar, Shani, Efroni & Ghavamzadeh, "Mirror Descent Policy
 Optimization", ICLR 2022): each iteration approximately solves
 ``max_theta E_s[ E_{a~pi_theta}[A_k(s,a)] - (1/t_k) KL(s; pi_theta, pi_theta_k) ]`` with several SGD
-steps. Confirmed in the authors' code (manantomar/Mirror-Descent-Policy-Optimization
-``mdpo_on/mdpo.py``): loss ``-mean(r A) + mean KL(pi || pi_old) / t_k`` with the exact KL in that
-direction (``policy_pi...kl(old_policy...)``), advantages standardized over the batch, ``sgd_steps``
-full-batch Adam steps per iteration (lr 3e-4, grad norm 0.5; the README runs on-policy MDPO with
-``--sgd_steps=10``), the value function trained separately. The schedule there is
-``t = 1 - (i - 1)/K`` for ``i = 0..K-1``, i.e. ``t_k = 1 - (k - 2)/K`` for our ``k = 1..K`` (1 + 1/K at
-the first iteration, 2/K at the last). We use ``t_k = 1 - (k - 1)/K`` (1 at the first, 1/K at the
-last: the same linear anneal one iteration earlier, never 0); the paper's own passage was not
-retrievable (stored pages: abstract, introduction and the authors' blog post, which gives the
-objective and the KL direction). The coefficient is ``proximal_coef / t_k`` (``proximal_coef`` = 1
-reproduces ``1/t_k``). Our presets keep PPO's per-environment minibatching and epochs instead of the
-reference's 10 full-batch steps.
+steps, i.e. minimises ``-mean(r A) + mean KL(pi || pi_old) / t_k`` (the ``kl_proximal`` loss). The
+coefficient is ``proximal_coef / t_k`` with ``t_k = 1 - (k - 1)/K`` for iteration ``k = 1..K`` (1 at the
+first, 1/K at the last; ``proximal_coef`` = 1 reproduces ``1/t_k``). Deviations: the authors' schedule is
+the same linear anneal one iteration later (``1 + 1/K`` first, ``2/K`` last); our presets keep PPO's
+minibatching and epochs instead of full-batch steps.
 
 ``fixpo`` -- FixPO (Zentner, Puri, Huang & Sukhatme, "Guaranteed Trust Region Optimization via
-Two-Phase KL Penalization", arXiv 2312.05405). From the abstract: KL penalization alone "is nearly
-sufficient" to enforce a trust region, and a "fixup" phase guarantees it on every update "while
-adding fewer than 5% additional gradient steps in practice". Mechanics and defaults confirmed in the
-authors' tianshou implementation (class ``FixPOPolicy``, file ``fixpo_tianshou*.py`` of the repository
-whose README is "Fixup Policy Optimization (FixPO)"; found with the search tool): the primary phase
-minimises ``-mean(r A) + beta * mean KL`` per minibatch and after each step takes one Adam step
-(lr ``beta_lr`` = 0.01) on ``beta * (eps_kl - c_beta * max_s KL)``, projecting ``beta >= 0``; after
-each epoch the fix-up phase sweeps the batch in minibatches of ``fixup_minibatch_size`` = 1024 and, on
-every minibatch whose max per-state KL exceeds ``eps_kl``, takes a gradient step on ``beta * mean KL``
-(and updates beta), until a whole sweep has no violation; ``eps_kl`` 0.2, ``c_beta`` 2, ``beta_0`` 1.
-The KL there is ``kl_divergence(old_dist, dist)`` = KL(pi_old || pi); the authors' later library
-(krzentner/ubrl ``torch_trainer.py``) uses the same direction. We therefore use KL(pi_old || pi)
-(``kl_old_first`` below, read by the proximal box for the primary phase). The fix-up KL comes from
-the trainer's ``kl_on`` (policyopt/control/onpolicy.py), which computes KL(pi || pi_old) until it
-calls ``region.kl``; see the issue-5 report. ``max_fixup_steps`` is our safety cap (not in the
-reference). The guarantee we give is for the KL we check, on the rollout's states.
+Two-Phase KL Penalization", arXiv 2312.05405). Primary phase: minimise ``-mean(r A) + beta * mean KL``
+per minibatch and after each step take one Adam step (lr ``beta_lr``) on
+``beta * (eps_kl - c_beta * max_s KL)``, projecting ``beta >= 0``. Fix-up phase, after each epoch: sweep
+the batch in minibatches of ``fixup_minibatch_size`` and, on every minibatch whose max per-state KL exceeds
+``eps_kl``, take a gradient step on ``beta * mean KL`` (and update beta), until a whole sweep has no
+violation. The KL is KL(pi_old || pi) (``kl_old_first``, read by the proximal box for the primary phase
+and by the trainer's fix-up sweep). Deviation: ``max_fixup_steps`` is our safety cap; the guarantee holds
+for the KL we check, on the rollout's states. Provenance of both: docs/control.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
+from torch import Tensor
 
 from policyopt.config import opt, positive
+from policyopt.losses import PolicyBatch, PolicyLossConfig
 from policyopt.losses.aggregation import masked_max
 from policyopt.registry import Registry
 
-TRUST_REGIONS: Registry = Registry("trust-region controller")
+if TYPE_CHECKING:
+    from policyopt.control.distributions import Categorical, DiagGaussian
+    from policyopt.control.onpolicy import OnPolicyConfig
+
+    Distribution = Categorical | DiagGaussian
+
+
+@runtime_checkable
+class TrustRegion(Protocol):
+    """The KL-coefficient controller box of the on-policy trainer (one per run)."""
+
+    needs_kl: ClassVar[bool]  # whether after_step reads the per-state KL (PolicyBatch.kl_old)
+
+    def kl(self, dist: Distribution, new: Tensor, old: Tensor) -> Tensor:
+        """Per-state KL between current and old distribution parameters, in this controller's direction."""
+        ...
+
+    def begin_iteration(self, iteration: int, loss_cfg: PolicyLossConfig) -> PolicyLossConfig: ...
+
+    def loss_config(self, loss_cfg: PolicyLossConfig) -> PolicyLossConfig:
+        """The loss config of the next gradient step."""
+        ...
+
+    def after_step(self, pb: PolicyBatch) -> None: ...
+
+    def fixup(
+        self,
+        kl_on: Callable[[Tensor], tuple[Tensor, Tensor]],
+        optimizer: torch.optim.Optimizer,
+        params: Iterable[Tensor],
+        batch_size: int,
+    ) -> dict[str, float]:
+        """Extra gradient steps after an epoch; ``kl_on(idx) -> (per-state KL with grad, valid mask)``."""
+        ...
+
+    def stats(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TrustRegionFactory(Protocol):
+    """A registered controller class: ``kl`` is also read on the class (by the proximal box)."""
+
+    needs_kl: bool
+
+    def kl(self, dist: Distribution, new: Tensor, old: Tensor) -> Tensor: ...
+
+    def __call__(self, cfg: OnPolicyConfig, num_iterations: int) -> TrustRegion: ...
+
+
+TRUST_REGIONS: Registry[TrustRegionFactory] = Registry("trust-region controller")
 
 
 @dataclass
 class FixPOConfig:
-    eps_kl: float = opt(0.2, "trust region: max per-state KL(pi_old || pi) allowed after every update",
-                        check=positive)
-    c_beta: float = opt(2.0, "beta grows while c_beta * max KL > eps_kl (primary phase aims at eps_kl / c_beta)",
-                        check=positive)
+    eps_kl: float = opt(0.2, "trust region: max per-state KL(pi_old || pi) allowed after every update", check=positive)
+    c_beta: float = opt(
+        2.0, "beta grows while c_beta * max KL > eps_kl (primary phase aims at eps_kl / c_beta)", check=positive
+    )
     beta_lr: float = opt(0.01, "Adam step size of the penalty coefficient beta", check=positive)
     beta_init: float = opt(1.0, "initial beta", check=positive)
     fixup_minibatch_size: int = opt(1024, "minibatch size of the fix-up sweep", check=positive)
-    max_fixup_steps: int = opt(10_000, "safety cap on fix-up gradient steps per sweep (logged if hit)",
-                               check=positive)
+    max_fixup_steps: int = opt(10_000, "safety cap on fix-up gradient steps per sweep (logged if hit)", check=positive)
 
 
 class NoControl:
     """Keep ``loss.proximal_coef`` fixed; no extra gradient steps."""
 
     needs_kl = False  # whether after_step reads the per-state KL of the minibatch
-    kl_old_first = False  # KL(pi || pi_old) (MDPO); True: KL(pi_old || pi) (FixPO's reference code)
+    kl_old_first = False  # KL(pi || pi_old) (MDPO); True: KL(pi_old || pi) (FixPO)
 
     @classmethod
     def kl(cls, dist, new, old):
@@ -182,13 +222,20 @@ class FixPO(NoControl):
 
     def stats(self):
         total = max(self.primary_steps, 1)
-        return {"fixpo/beta": float(self.beta.detach()), "fixpo/fixup_steps_total": float(self.fixup_steps),
-                "fixpo/primary_steps_total": float(self.primary_steps),
-                "fixpo/extra_step_frac": self.fixup_steps / total, "fixpo/fixup_capped": float(self.capped)}
+        return {
+            "fixpo/beta": float(self.beta.detach()),
+            "fixpo/fixup_steps_total": float(self.fixup_steps),
+            "fixpo/primary_steps_total": float(self.primary_steps),
+            "fixpo/extra_step_frac": self.fixup_steps / total,
+            "fixpo/fixup_capped": float(self.capped),
+        }
 
     def state_dict(self):
-        return {"beta": self.beta.detach().clone(), "beta_opt": self.beta_opt.state_dict(),
-                "counts": [self.primary_steps, self.fixup_steps, self.capped]}
+        return {
+            "beta": self.beta.detach().clone(),
+            "beta_opt": self.beta_opt.state_dict(),
+            "counts": [self.primary_steps, self.fixup_steps, self.capped],
+        }
 
     def load_state_dict(self, state):
         with torch.no_grad():

@@ -17,28 +17,13 @@ values and advantages of stored rollouts are recomputed with the current network
 weights). The behaviour optimizer (Adam) is created once and persists. With ``props.epochs=0`` this
 is PPO with a buffer of the last b rollouts and on-policy sampling (the paper's PPO-BUFFER baseline).
 
-Source check (issue 5). The paper's method section and hyperparameter tables could not be retrieved
-(the stored arXiv v2/v3, ar5iv and OpenReview pages give only the abstract and introduction), so the
-mechanics were checked against the authors' code, NicholasCorrado/PPOROS ``PROPS/ppo_props_continuous.py``
-and its discrete sibling (``update_props``, ``main``), and NicholasCorrado/PROPS ``ppo_discrete.py``:
+The behaviour loss (registered as the ``props`` policy loss) is
 
-- confirmed: objective ``mean(max(r, clip(r, 1-eps, 1+eps))) + lambda * KL``, ``r = pi_phi/pi_theta``;
-  behaviour policy copied from the target before *every* behaviour update (we reset only once per
-  iteration before; fixed); early stop tested *before* the step (we stepped first; fixed); gradient
-  norm clipped at 0.5 (we had none; fixed); one Adam optimizer for the whole run; buffer of b target
-  batches (the authors' ring buffer also drops its oldest m steps, we use exactly the data of the next
-  target update).
-- KL regularizer direction: the discrete code uses a one-sample term ``pi_theta(a|s) (log pi_theta -
-  log pi_phi)`` (aiming at KL(pi_theta || pi_phi)), the continuous code the closed-form Gaussian
-  KL(pi_phi || pi_theta) averaged over action dimensions. We keep the exact KL(pi_theta || pi_phi)
-  of /work/shared/algorithms.md; the two directions agree to second order near ``pi_theta``. The
-  early-stop statistic there is the estimator ``mean((r - 1) - log r)`` of KL(pi_theta || pi_phi);
-  we use the exact value.
-- defaults differ between code versions, so none is "the paper's": clip 0.3, lambda 0.1, target KL
-  0.03, lr 1e-3, b = 2 are the ``Args`` defaults of PROPS ``ppo_discrete.py`` (PPOROS discrete: clip
-  0.3, lambda 0.3, target KL 0.1, 4 epochs x 4 minibatches, m = 32; continuous: clip 0.1, lambda 0.1,
-  target KL 0.01, lr 1e-4, 16 epochs x 16 minibatches, m = 1024). Our ``epochs`` (16) and
-  ``minibatch_size`` (256) are our own choice, not confirmed.
+    loss = agg( max(r, clip(r, 1 - eps, 1 + eps)) + lambda * KL(pi_theta || pi_phi) ),   r = pi_phi(a|s) / pi_theta(a|s)
+
+i.e. PPO's clipped surrogate ``max(-A r, -A clip(r))`` with ``A = -1``, where the "policy" is ``pi_phi`` and
+the "old policy" the target ``pi_theta``. Deviations from the authors' code (see docs/control.md): the
+regularizer is the exact KL(pi_theta || pi_phi) and so is the early-stop statistic.
 """
 
 from __future__ import annotations
@@ -46,14 +31,54 @@ from __future__ import annotations
 import collections
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
+from torch import Tensor
 
 from policyopt.config import in_range, nonneg, opt, positive
-from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, PolicyLossConfig
+from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, PolicyLossConfig, masked_mean
+from policyopt.losses.policy import clip_stats, ratio_stats
 from policyopt.registry import Registry
 
-SAMPLERS: Registry = Registry("sampler")
+if TYPE_CHECKING:
+    from policyopt.control.distributions import Categorical, DiagGaussian
+    from policyopt.control.networks import ActorCritic
+    from policyopt.control.onpolicy import OnPolicyConfig
+
+    Distribution = Categorical | DiagGaussian
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """The sampler box of the on-policy trainer: who acts, and which past rollouts the update sees."""
+
+    blocks: collections.deque  # stored past rollouts (``STORED`` tensors), oldest first
+
+    def begin_iteration(self, agent: ActorCritic) -> None: ...
+
+    def behaviour_params(self, obs: Tensor, params: Tensor) -> Tensor:
+        """Distribution parameters of the acting policy, given the target's ``params`` at ``obs``."""
+        ...
+
+    def adapt(self, t: int, agent: ActorCritic, rollout: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Called before collecting step ``t`` of the rollout; returns stats."""
+        ...
+
+    def push(self, rollout: dict[str, Tensor]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class SamplerFactory(Protocol):
+    """A registered sampler: built once per run from the config, the target agent and its distribution."""
+
+    def __call__(self, cfg: OnPolicyConfig, agent: ActorCritic, dist: Distribution) -> Sampler: ...
+
+
+SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
 
 # Per-rollout tensors kept in the PROPS buffer (everything else is recomputed with the current networks).
 STORED = ("obs", "act", "rew", "term", "trunc", "valid", "next_obs")
@@ -62,17 +87,36 @@ STORED = ("obs", "act", "rew", "term", "trunc", "valid", "next_obs")
 @dataclass
 class PropsConfig:
     buffer: int = opt(2, "iterations of data in each update, this one included (b)", check=positive)
-    every: int = opt(256, "adapt the behaviour policy every this many env steps (summed over sub-envs)",
-                     check=positive)
+    every: int = opt(256, "adapt the behaviour policy every this many env steps (summed over sub-envs)", check=positive)
     clip: float = opt(0.3, "PROPS clip range eps_PROPS", check=in_range(0, 1))
     kl_coef: float = opt(0.1, "weight lambda of KL(pi_theta || pi_phi)", check=nonneg)
-    target_kl: float = opt(0.03, "stop adapting once KL(pi_theta || pi_phi) exceeds this (delta_PROPS)",
-                           check=positive)
+    target_kl: float = opt(0.03, "stop adapting once KL(pi_theta || pi_phi) exceeds this (delta_PROPS)", check=positive)
     lr: float = opt(1e-3, "behaviour-policy Adam step size", check=positive)
-    epochs: int = opt(16, "passes over the buffer per adaptation (0 = PPO-BUFFER: on-policy sampling)",
-                      check=nonneg)
+    epochs: int = opt(16, "passes over the buffer per adaptation (0 = PPO-BUFFER: on-policy sampling)", check=nonneg)
     minibatch_size: int = opt(256, "behaviour-policy minibatch size", check=positive)
     max_grad_norm: float = opt(0.5, "clip the behaviour update's gradient norm to this (0 = off)", check=nonneg)
+
+
+@POLICY_LOSSES.register("props", needs=("kl_old",), hparams=("clip_eps_low", "clip_eps_high", "proximal_coef"))
+def props_loss(b: PolicyBatch, hp: PolicyLossConfig, agg: Aggregator):
+    """PROPS behaviour objective ``max(r, clip(r, 1-eps_low, 1+eps_high)) + lambda * KL`` with ``r = pi_phi /
+    pi_theta``, the advantage fixed to -1 and ``lambda = proximal_coef`` (Corrado & Hanna, "On-Policy Policy
+    Gradient Reinforcement Learning Without On-Policy Sampling"). ``b.kl_old`` must hold the per-state
+    regularizer; the PROPS sampler passes KL(pi_theta || pi_phi)."""
+    if b.kl_old is None:
+        raise ValueError("the 'props' loss needs the per-state KL regularizer in PolicyBatch.kl_old")
+    log_ratio = b.logp - b.logp_old
+    ratio = log_ratio.exp()
+    lo, hi = 1 - hp.clip_eps_low, 1 + hp.eps_high
+    surr = torch.maximum(ratio, torch.clamp(ratio, lo, hi))
+    loss = agg(surr + hp.proximal_coef * b.kl_old, b.mask)
+    minus_one = torch.full_like(ratio, -1.0)
+    stats = {
+        **ratio_stats(log_ratio.detach(), b.mask),
+        **clip_stats(ratio.detach(), minus_one, b.mask, lo, hi),
+        "props_kl": masked_mean(b.kl_old.detach(), b.mask),
+    }
+    return loss, stats
 
 
 @SAMPLERS.register("policy")
@@ -147,13 +191,14 @@ class PropsSampler(OnPolicySampler):
         for _ in range(self.p.epochs):
             perm = torch.randperm(n)
             for start in range(0, n - mb + 1, mb):
-                idx = perm[start:start + mb]
+                idx = perm[start : start + mb]
                 params = self.behaviour.dist_params(obs[idx])
                 kl = self.dist.kl(target[idx], params)  # KL(pi_theta || pi_phi)
-                pb = PolicyBatch.from_steps(self.dist.log_prob(params, act[idx]), logp_target[idx],
-                                            torch.full((mb,), -1.0), valid[idx], kl)
+                pb = PolicyBatch.from_steps(
+                    self.dist.log_prob(params, act[idx]), logp_target[idx], torch.full((mb,), -1.0), valid[idx], kl
+                )
                 agg = Aggregator.for_batch("token-mean", pb.mask)
-                loss, stats = POLICY_LOSSES.get("props")(pb, self.loss_cfg, agg)
+                loss, stats = props_loss(pb, self.loss_cfg, agg)
                 if float(stats["props_kl"]) > self.p.target_kl:  # stop before stepping further away
                     return self._stats(steps, stats)
                 last = stats
@@ -167,12 +212,18 @@ class PropsSampler(OnPolicySampler):
 
     @staticmethod
     def _stats(steps, last):
-        return {"props/steps": torch.tensor(float(steps)), "props/kl": last.get("props_kl", torch.tensor(0.0)),
-                "props/clip_frac": last.get("clip_frac", torch.tensor(0.0))}
+        return {
+            "props/steps": torch.tensor(float(steps)),
+            "props/kl": last.get("props_kl", torch.tensor(0.0)),
+            "props/clip_frac": last.get("clip_frac", torch.tensor(0.0)),
+        }
 
     def state_dict(self):
-        return {"blocks": list(self.blocks), "behaviour": self.behaviour.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+        return {
+            "blocks": list(self.blocks),
+            "behaviour": self.behaviour.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
 
     def load_state_dict(self, state):
         super().load_state_dict(state)

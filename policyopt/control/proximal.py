@@ -19,19 +19,10 @@ stability with stale data. Advantages can be normalized with EWMA estimates of t
 variance (``adv_norm=ewma``): once per iteration, with the whole batch's mean and variance weighted
 by its sample count, then the whole batch is whitened with the running estimates.
 
-Source check (issue 5). Confirmed in the paper's introduction (stored pages, arXiv 2110.00641): the
-decoupling, the behaviour-policy role of the importance weights, an EWMA of the policy network's
-weights as the proximal policy. Confirmed in the authors' code (openai/ppo-ewma): the objective
-(``ppo.py`` ``compute_losses``: ``-A exp(logp - logp_adj)`` maxed with ``-A exp(clip(log r) + logp_prox -
-logp_adj)``, ``logp_adj = max(logp_behav, logp.detach() - log imp_samp_max)``, ``imp_samp_max`` 100),
-the EWMA update after every policy gradient step with the debiasing above (``ppg.py`` ``EwmaModel``),
-and the advantage moments (``ppo.py`` ``EwmaMoments`` / ``compute_advantage``: per iteration,
-count-weighted, whole batch). We previously updated the moments per minibatch and used an undebiased
-weight EWMA without a cap; all three fixed. The reference's default ``adv_ewma_decay`` is 0 (plain
-per-batch whitening); our default 0.9 is not confirmed. Not confirmed (the paper's method section
-was not retrievable): the exact batch-size adjustments. We use Adam lr proportional to batch size
-and decays keeping the EWMA ages fixed in examples, ``d' = d ** k`` for a batch ``k`` times larger
-(see benchmarks/seeds/batch_size_invariance).
+Deviations from the reference code (details in docs/control.md): the default ``adv_decay`` is 0.9 (the
+reference's ``adv_ewma_decay`` default is 0, plain per-batch whitening); for batch-size invariance use Adam
+lr proportional to the batch size and decays that keep the EWMA ages fixed, ``d' = d ** k`` for a batch ``k``
+times larger.
 """
 
 from __future__ import annotations
@@ -39,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -50,17 +42,77 @@ from policyopt.losses import PolicyBatch, masked_mean
 from policyopt.losses.aggregation import masked_max
 from policyopt.registry import Registry
 
-PROXIMALS: Registry = Registry("proximal policy")
-ADV_NORMS: Registry = Registry("advantage normalization")
+if TYPE_CHECKING:
+    from policyopt.control.distributions import Categorical, DiagGaussian
+    from policyopt.control.networks import ActorCritic
+    from policyopt.control.onpolicy import OnPolicyConfig
+
+    Distribution = Categorical | DiagGaussian
+
+
+@runtime_checkable
+class ProximalPolicy(Protocol):
+    """The proximal-policy box: builds the loss's :class:`PolicyBatch` (which policy is "old") per minibatch."""
+
+    def policy_batch(
+        self,
+        dist: Distribution,
+        params_new: Tensor,
+        obs: Tensor,
+        act: Tensor,
+        logp_old: Tensor,
+        params_old: Tensor,
+        adv: Tensor,
+        mask: Tensor,
+        with_kl: bool = True,
+    ) -> tuple[PolicyBatch, dict[str, Tensor]]:
+        """``logp_old``/``params_old``: the behaviour policy's; ``with_kl``: fill ``kl_old`` (exact per-state KL
+        in the trust-region controller's direction)."""
+        ...
+
+    def after_step(self, agent: ActorCritic) -> None:
+        """Called after every optimizer step of the target policy."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class ProximalFactory(Protocol):
+    def __call__(self, cfg: OnPolicyConfig, agent: ActorCritic) -> ProximalPolicy: ...
+
+
+@runtime_checkable
+class AdvantageNorm(Protocol):
+    """The advantage-normalization box: ``batch`` runs once per iteration, ``minibatch`` once per gradient step."""
+
+    def batch(self, adv: Tensor, valid: Tensor) -> Tensor: ...
+
+    def minibatch(self, adv: Tensor, mask: Tensor) -> Tensor: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class AdvantageNormFactory(Protocol):
+    def __call__(self, cfg: OnPolicyConfig) -> AdvantageNorm: ...
+
+
+PROXIMALS: Registry[ProximalFactory] = Registry("proximal policy")
+ADV_NORMS: Registry[AdvantageNormFactory] = Registry("advantage normalization")
 
 
 @dataclass
 class EwmaConfig:
     prox_decay: float = opt(0.9, "proximal policy EWMA decay per gradient step (ppo_ewma)", check=in_range(0, 1))
-    adv_decay: float = opt(0.9, "advantage mean/variance EWMA decay per iteration (adv_norm=ewma)",
-                           check=in_range(0, 1))
-    imp_samp_max: float = opt(100.0, "cap on pi / pi_behav in the importance weight (ppo_ewma; 0 = no cap)",
-                              check=nonneg)
+    adv_decay: float = opt(
+        0.9, "advantage mean/variance EWMA decay per iteration (adv_norm=ewma)", check=in_range(0, 1)
+    )
+    imp_samp_max: float = opt(
+        100.0, "cap on pi / pi_behav in the importance weight (ppo_ewma; 0 = no cap)", check=nonneg
+    )
 
 
 # ---- proximal policy -------------------------------------------------------------------------------
@@ -169,14 +221,16 @@ class BatchAdvNorm(_AdvNorm):
 @ADV_NORMS.register("ewma")
 class EwmaAdvNorm(_AdvNorm):
     """Whiten each iteration's batch with EWMAs of the advantages' mean and variance across iterations,
-    each batch weighted by its number of valid samples (Hilton et al., 2022; openai/ppo-ewma
-    ``EwmaMoments``): ``N <- d N + n``, ``S1 <- d S1 + n mean``, ``S2 <- d S2 + n (var + mean^2)``,
-    mean ``S1 / N``, variance ``S2 / N - (S1 / N)^2``."""
+    each batch weighted by its number of valid samples (Hilton et al., 2022): ``N <- d N + n``,
+    ``S1 <- d S1 + n mean``, ``S2 <- d S2 + n (var + mean^2)``, mean ``S1 / N``, variance ``S2 / N - (S1 / N)^2``."""
 
     def __init__(self, cfg):
         self.decay = cfg.ewma.adv_decay
-        self.count, self.sum, self.sumsq = torch.zeros((), dtype=torch.float64), torch.zeros(
-            (), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        self.count, self.sum, self.sumsq = (
+            torch.zeros((), dtype=torch.float64),
+            torch.zeros((), dtype=torch.float64),
+            torch.zeros((), dtype=torch.float64),
+        )
 
     def batch(self, adv, valid):
         m = valid.to(adv.dtype)

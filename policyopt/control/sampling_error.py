@@ -5,30 +5,21 @@ Sampling", arXiv 2311.08290) measures sampling error as a KL divergence between 
 policy ``pi_D`` of the data -- the maximum-likelihood policy given the buffer's (s, a) pairs -- and
 the current policy ``pi_theta``.
 
-Source check (issue 5). The paper's method section and appendix were not retrievable (stored arXiv
-v2/v3, ar5iv and OpenReview pages stop after the introduction). The authors' code
-(NicholasCorrado/PPOROS ``PROPS/ppo_props_continuous.py`` ``compute_se``; NicholasCorrado/PROPS
-``ppo_discrete.py`` ``compute_se``) confirms the direction and the fit: ``pi_D`` is a copy of the
-target policy network trained by maximum likelihood (Adam, lr 1e-3, a fixed 250-300 epochs, gradient
-norm clipped; the PPOROS version freezes the weight matrices of the first two actor layers, "as in the ROS paper"), on
-the buffer the update uses, and the reported number is the sample average over the buffer's (s, a)
-of ``log pi_D(a|s) - log pi_theta(a|s)``, i.e. a Monte-Carlo estimate of KL(pi_D || pi_theta), the
-same for discrete and continuous actions. Our ``mle`` estimator keeps the direction and the data but
-uses the exact per-state KL instead of the sampled log-ratio, trains all layers and stops on a
-patience rule instead of a fixed epoch count; ``cheap`` is our own estimator (not in the paper):
+We estimate
 
     sampling_error = mean over valid states s in the update data of KL(pi_D(.|s) || pi_theta(.|s)),
     pi_D = argmax_phi sum_{(s, a) in D} log pi_phi(a|s),
 
 with ``pi_phi`` a copy of the policy network, initialized from ``pi_theta`` and trained by
 supervised learning (full-batch Adam on the negative log-likelihood; Gaussian policies also fit the
-log-std) until the NLL stops improving or a step cap is hit (``mle`` below). Caveat: with
+log-std) until the NLL stops improving or a step cap is hit (``mle`` below). Deviations from the
+authors' code (docs/control.md): the exact per-state KL instead of the sampled log-ratio, all layers
+trained, a patience rule instead of a fixed epoch count; ``cheap`` is our own estimator. Caveat: with
 continuous states every visited state is usually unique, so the *unconstrained* MLE puts all mass
 on the observed action at each state and KL(pi_D || pi_theta) tends to the data's negative
 log-likelihood under pi_theta, whatever the sampling. "To convergence" must therefore be bounded
 (step cap, patience, initialization at pi_theta), and the estimate depends on those settings and on
-the number of samples: compare it only between runs that share both (benchmarks/seeds/props/README.md
-measures how much a 5x larger cap changes it).
+the number of samples: compare it only between runs that share both.
 
 Two estimators, selected by name (``SAMPLING_ERRORS``, config key ``sampling_error``):
 
@@ -50,11 +41,11 @@ Two estimators, selected by name (``SAMPLING_ERRORS``, config key ``sampling_err
   A per-state mismatch that averages out over states is invisible to them; the ``mle`` fit sees it.
 """
 
-
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -64,7 +55,26 @@ from policyopt.control.distributions import Categorical, DiagGaussian
 from policyopt.control.optim import LeanAdam
 from policyopt.registry import Registry
 
-SAMPLING_ERRORS: Registry = Registry("sampling-error estimator")
+if TYPE_CHECKING:
+    from policyopt.control.networks import ActorCritic
+    from policyopt.control.onpolicy import OnPolicyConfig
+
+
+@runtime_checkable
+class SamplingErrorDiagnostic(Protocol):
+    """The sampling-error diagnostic box: called once per iteration on the update data, returns stats
+    (empty on iterations it skips). It must draw no random numbers, so enabling it never changes training."""
+
+    def __call__(
+        self, iteration: int, agent: ActorCritic, obs: Tensor, actions: Tensor, params: Tensor, mask: Tensor | None
+    ) -> dict[str, Tensor]: ...
+
+
+class SamplingErrorFactory(Protocol):
+    def __call__(self, cfg: OnPolicyConfig, agent: ActorCritic) -> SamplingErrorDiagnostic: ...
+
+
+SAMPLING_ERRORS: Registry[SamplingErrorFactory] = Registry("sampling-error estimator")
 
 
 @dataclass
@@ -72,8 +82,7 @@ class MLEFitConfig:
     every: int = opt(10, "fit the empirical policy every N iterations (sampling_error=mle)", check=positive)
     max_steps: int = opt(200, "full-batch Adam steps per fit at most", check=positive)
     lr: float = opt(1e-3, "Adam step size of the fit", check=positive)
-    patience: int = opt(10, "stop once the NLL has not improved by more than tol for this many steps",
-                        check=positive)
+    patience: int = opt(10, "stop once the NLL has not improved by more than tol for this many steps", check=positive)
     tol: float = opt(1e-4, "NLL improvement (nats per sample) that counts as progress", check=nonneg)
 
 
@@ -115,8 +124,9 @@ def _gaussian(dist: DiagGaussian, params: Tensor, actions: Tensor, m: Tensor, n:
     return 0.5 * (var + zm**2 - 1 - var.log()).sum()
 
 
-def fit_empirical_policy(net, dist, obs: Tensor, actions: Tensor, mask: Tensor | None = None,
-                         cfg: MLEFitConfig | None = None) -> tuple[Tensor, int]:
+def fit_empirical_policy(
+    net, dist, obs: Tensor, actions: Tensor, mask: Tensor | None = None, cfg: MLEFitConfig | None = None
+) -> tuple[Tensor, int]:
     """Train ``net`` (already initialized, e.g. a copy of ``pi_theta``) by maximum likelihood on the
     (s, a) pairs, full batch, until the NLL stalls (``patience``/``tol``) or ``max_steps``.
 

@@ -67,11 +67,12 @@ _reg(
 )
 _reg(
     "cispo",
-    "CISPO: clipped, stop-gradient IS weight times log-prob, token-mean (MiniMax-M1 2025)",
+    "CISPO: stop-gradient IS weight capped above at 1 + clip_eps_high = 5 (no lower bound) times log-prob, "
+    "token-mean (MiniMax-M1 2025)",
     advantage="grpo",
     policy_loss="cispo",
     aggregation="token-mean",
-    loss={"clip_eps_low": 0.2, "clip_eps_high": 4.0},
+    loss={"clip_eps_high": 4.0},
 )
 _reg(
     "cpgd",

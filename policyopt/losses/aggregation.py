@@ -16,13 +16,24 @@ gradient (a frequent bug when each micro-batch is normalized by its own token co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from policyopt.registry import Registry
 
-AGGREGATIONS: Registry = Registry("loss aggregation")
+
+class Aggregation(Protocol):
+    """The aggregation box: per-position values ``x`` and 0/1 ``mask`` (same shape, ``(B, T)`` or ``(N,)``) and the
+    global denominators of the batch -> a scalar."""
+
+    def __call__(
+        self, x: Tensor, mask: Tensor, num_seqs: float, num_tokens: float | Tensor, const_len: float
+    ) -> Tensor: ...
+
+
+AGGREGATIONS: Registry[Aggregation] = Registry("loss aggregation")
 
 
 def _sum_over_tokens(x: Tensor, mask: Tensor) -> Tensor:
@@ -30,13 +41,15 @@ def _sum_over_tokens(x: Tensor, mask: Tensor) -> Tensor:
 
 
 @AGGREGATIONS.register("token-mean")
-def token_mean(x: Tensor, mask: Tensor, num_seqs: float, num_tokens: float, const_len: float) -> Tensor:
+def token_mean(x: Tensor, mask: Tensor, num_seqs: float, num_tokens: float | Tensor, const_len: float) -> Tensor:
     """``sum(M*l) / N_tokens`` (DAPO, "An Open-Source LLM RL System at Scale")."""
     return (x * mask).sum() / num_tokens
 
 
 @AGGREGATIONS.register("seq-mean-token-mean")
-def seq_mean_token_mean(x: Tensor, mask: Tensor, num_seqs: float, num_tokens: float, const_len: float) -> Tensor:
+def seq_mean_token_mean(
+    x: Tensor, mask: Tensor, num_seqs: float, num_tokens: float | Tensor, const_len: float
+) -> Tensor:
     """``mean_i(sum_t M l / sum_t M)``: each sequence weighs the same (GRPO, DeepSeekMath)."""
     if x.dim() == 1:
         return (x * mask).sum() / num_seqs
@@ -45,14 +58,17 @@ def seq_mean_token_mean(x: Tensor, mask: Tensor, num_seqs: float, num_tokens: fl
 
 
 @AGGREGATIONS.register("seq-mean-token-sum")
-def seq_mean_token_sum(x: Tensor, mask: Tensor, num_seqs: float, num_tokens: float, const_len: float) -> Tensor:
+def seq_mean_token_sum(
+    x: Tensor, mask: Tensor, num_seqs: float, num_tokens: float | Tensor, const_len: float
+) -> Tensor:
     """``mean_i(sum_t M l)``: longer sequences weigh more."""
     return (x * mask).sum() / num_seqs
 
 
 @AGGREGATIONS.register("seq-mean-token-sum-norm")
-def seq_mean_token_sum_norm(x: Tensor, mask: Tensor, num_seqs: float, num_tokens: float,
-                            const_len: float) -> Tensor:
+def seq_mean_token_sum_norm(
+    x: Tensor, mask: Tensor, num_seqs: float, num_tokens: float | Tensor, const_len: float
+) -> Tensor:
     """``sum(M*l) / (B * L)`` with a constant L (Dr. GRPO, "Understanding R1-Zero-Like Training")."""
     return (x * mask).sum() / (num_seqs * const_len)
 

@@ -8,12 +8,22 @@ evaluated on samples from the current policy:
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
 
 from policyopt.registry import Registry
 
-KL_ESTIMATORS: Registry = Registry("KL estimator")
+
+class KLEstimator(Protocol):
+    """The KL-estimator box: per-position log-probs of the sampled tokens under the current and the reference
+    policy -> per-position estimate of KL(pi || pi_ref)."""
+
+    def __call__(self, logp: Tensor, logp_ref: Tensor) -> Tensor: ...
+
+
+KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
 
 
 @KL_ESTIMATORS.register("k1")

@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 
-def value_loss(values: Tensor, returns: Tensor, values_old: Tensor | None = None,
-               clip: float | None = None) -> Tensor:
+def value_loss(values: Tensor, returns: Tensor, values_old: Tensor | None = None, clip: float | None = None) -> Tensor:
     """Per-element ``0.5 * (V - R)^2``; with ``clip``, the PPO clipped form
     ``0.5 * max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)`` (Schulman et al., 2017, as in
     openai/baselines). Aggregate the result with a loss aggregation."""
