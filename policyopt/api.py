@@ -50,12 +50,10 @@ def train(cfg: Any, out: str | Path, *, resume: bool = False, algo: str | None =
 
 def _legacy_train(cfg, run_dir: Path, resume: bool, algo: str):  # TRANSITIONAL
     from policyopt import algos
-    from policyopt.config import save_yaml
-
     a = algos.get(algo)
     if not resume:
         rundir.prepare_new(run_dir)
-        save_yaml(cfg, run_dir / "config.yaml")
+        rundir.write_config(run_dir, cfg)
     rundir.write_info(run_dir, algo=algo, family=a.family, status="running")
     try:
         result = a.load("train")(cfg, run_dir, resume=resume)
@@ -79,7 +77,7 @@ def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: boo
         a = algos.get(info["algo"])
         cfg = resolve(a.config(), rundir.read_config(run_dir), *([{"total_steps": int(total_steps)}]
                                                                    if total_steps is not None else []))
-        save_yaml_cfg(cfg, run_dir)
+        rundir.write_config(run_dir, cfg)
         return _legacy_train(cfg, Path(run_dir), True, info["algo"])
     fam = load_family(run_dir)
     layers: list[dict[str, Any]] = [rundir.read_config(run_dir)]
@@ -122,8 +120,3 @@ def _ported():  # TRANSITIONAL
 
     return FAMILIES.names()
 
-
-def save_yaml_cfg(cfg, run_dir):  # TRANSITIONAL
-    from policyopt.config import save_yaml
-
-    save_yaml(cfg, Path(run_dir) / "config.yaml")

@@ -253,11 +253,10 @@ def to_dict(cfg) -> dict[str, Any]:
     return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
 
 
-def save_yaml(cfg_or_dict, path: str | Path) -> None:
+def to_yaml(cfg_or_dict) -> str:
+    """The YAML text of a config (or a plain mapping); ``resolve(Cls(), yaml.safe_load(text))`` restores it."""
     data = to_dict(cfg_or_dict) if dataclasses.is_dataclass(cfg_or_dict) else cfg_or_dict
-    from policyopt.runs.files import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def describe(cfg_cls) -> list[tuple[str, str, Any, str]]:

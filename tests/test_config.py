@@ -18,8 +18,8 @@ from policyopt.config import (
     parse_sets,
     positive,
     resolve,
-    save_yaml,
     set_key,
+    to_yaml,
     to_dict,
     validate,
 )
@@ -257,8 +257,8 @@ def test_yaml_roundtrip_and_layers(tmp_path):
     f.write_text("lr: 1e-3\ninner:\n  width: 32\nhidden: [128, 128]\n")
     cfg = resolve(Cfg(), load_yaml(f), parse_sets(["inner.width=7"]))
     assert cfg.lr == pytest.approx(1e-3) and cfg.hidden == (128, 128) and cfg.inner.width == 7
-    out = tmp_path / "out" / "saved.yaml"
-    save_yaml(cfg, out)
+    out = tmp_path / "saved.yaml"
+    out.write_text(to_yaml(cfg))
     again = resolve(Cfg(), load_yaml(out))
     assert again == cfg
     assert to_dict(cfg)["hidden"] == [128, 128]

@@ -475,8 +475,6 @@ def execute(family: Family, cfg: Any, run_dir: str | Path, resume: bool,
     A fresh run writes ``config.yaml`` and ``run.json`` first, so every run directory, however it was
     started (CLI, bench, Python), can be evaluated and resumed. ``resume`` of a run that died before its
     first checkpoint starts it afresh with its saved config."""
-    from policyopt.config import save_yaml
-
     run_dir = Path(run_dir)
     fresh_dir = not run_dir.exists() or not any(run_dir.iterdir())
     if resume:
@@ -487,7 +485,7 @@ def execute(family: Family, cfg: Any, run_dir: str | Path, resume: bool,
             _clear_partial(run_dir)
     else:
         rundir.prepare_new(run_dir)
-    save_yaml(cfg, run_dir / "config.yaml")
+    rundir.write_config(run_dir, cfg)
     rundir.write_info(run_dir, family=family.name, module=type(cfg).__module__, status="running",
                       error=None, **dict(info or {}))
     old = signal.getsignal(signal.SIGTERM)

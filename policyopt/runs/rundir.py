@@ -44,6 +44,13 @@ def check_budget_left(run_dir: str | Path, steps_done: int) -> None:
                         "`policyopt train --resume DIR --total-steps N`")
 
 
+def write_config(run_dir: str | Path, cfg) -> None:
+    """Write the resolved config to ``RUN_DIR/config.yaml`` (atomically)."""
+    from policyopt.config import to_yaml
+
+    atomic_write_text(Path(run_dir) / "config.yaml", to_yaml(cfg))
+
+
 def write_info(run_dir: str | Path, **info: Any) -> None:
     path = Path(run_dir) / "run.json"
     current = json.loads(path.read_text()) if path.exists() else {}
