@@ -19,8 +19,8 @@ from policyopt.config import (
     positive,
     resolve,
     set_key,
-    to_yaml,
     to_dict,
+    to_yaml,
     validate,
 )
 from policyopt.errors import UnknownChoice, UserError
