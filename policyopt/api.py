@@ -1,7 +1,7 @@
 """The Python API: one ``train`` for every trainer family, one ``evaluate`` for every run directory.
 
 >>> import policyopt
->>> cfg = policyopt.config("ppo", env="CartPole-v1", total_steps=2048)   # doctest: +SKIP
+>>> cfg = policyopt.configure("ppo", env="CartPole-v1", total_steps=2048)   # doctest: +SKIP
 >>> result = policyopt.train(cfg, "runs/ppo-cartpole")                   # doctest: +SKIP
 >>> policyopt.evaluate("runs/ppo-cartpole", episodes=5)                  # doctest: +SKIP
 
@@ -22,7 +22,7 @@ from policyopt.runs import rundir
 from policyopt.runs.files import atomic_write_text
 
 
-def config(algo: str, *, config_file: str | Path | None = None, sets: Mapping[str, Any] | None = None,
+def configure(algo: str, *, config_file: str | Path | None = None, sets: Mapping[str, Any] | None = None,
            **flags: Any):
     """The resolved config of preset ``algo``: dataclass defaults < preset < tuned env/task preset < YAML file
     < ``sets`` (dotted keys, as ``--set``) < ``flags`` (``env=``/``task=`` select the target, any other field

@@ -43,6 +43,11 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for interactive sessions that re-import a module defining an entry)."""
+        self.get(name)
+        del self._items[name], self._meta[name]
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
