@@ -1,6 +1,6 @@
 """Benchmark (not a test): GRPO on the embedded 2-digit addition task, 2 CPU cores, no downloads.
 
-Target (issue 3): RL raises held-out greedy accuracy by >= 15 points absolute within 10 minutes.
+Target: RL raises held-out greedy accuracy by >= 15 points absolute within 10 minutes.
 For each seed: the preset's defaults (``policyopt train grpo --seed S``: supervised warm-start, then
 GRPO), evaluating every ``--eval-every`` RL steps; prints one JSON line per seed (accuracy before/after,
 the intermediate evaluations, wall-clock seconds) and a summary line.
