@@ -79,8 +79,9 @@ def test_bnpo_matches_reference_recipe_by_hand():
     def pdf(p):
         return norm * p ** (alpha - 1) * (1 - p) ** (beta - 1)
 
-    expected = [(ri - p) / pdf(p) if 0 < p < 1 else 0.0
-                for ri, p in zip(r.tolist(), [0.25] * 4 + [0.75] * 4 + [1.0] * 4)]
+    expected = [
+        (ri - p) / pdf(p) if 0 < p < 1 else 0.0 for ri, p in zip(r.tolist(), [0.25] * 4 + [0.75] * 4 + [1.0] * 4)
+    ]
     adv, _ = ADVANTAGES.get("bnpo")(AdvantageInputs(rewards=r, group_ids=g), AdvantageConfig())
     torch.testing.assert_close(adv, torch.tensor(expected), atol=1e-5, rtol=1e-5)
     # negative method-of-moments parameters are clamped to the uniform density (alpha = beta = 1)
@@ -120,8 +121,11 @@ def test_spo_tracker_keeps_each_prompts_last_response_for_the_drift():
     t = A.SPOTracker(4, max_len=3)
     rows, comps, then = t.stored(torch.tensor([0, 2]))
     assert len(rows) == 0 and comps == []  # nothing seen yet: D = 0 for every prompt
-    t.remember(torch.tensor([2, 0]), [[5, 6], [7, 8, 9, 10]], [torch.tensor([-0.5, -1.0]),
-                                                                torch.tensor([-1.0, -2.0, -3.0, -4.0])])
+    t.remember(
+        torch.tensor([2, 0]),
+        [[5, 6], [7, 8, 9, 10]],
+        [torch.tensor([-0.5, -1.0]), torch.tensor([-1.0, -2.0, -3.0, -4.0])],
+    )
     rows, comps, then = t.stored(torch.tensor([1, 2, 0]))
     assert rows.tolist() == [1, 2] and comps == [[5, 6], [7, 8, 9]]  # truncated to the buffer length
     torch.testing.assert_close(then, torch.tensor([[-0.5, -1.0, 0.0], [-1.0, -2.0, -3.0]]))
@@ -163,36 +167,72 @@ def test_dynamic_sampling_and_overlong():
     torch.testing.assert_close(pen, torch.tensor([0.0, -0.5, -1.0]))
 
 
-def test_cppo_d3s_forking_seed():
+def test_d3s_and_forking_exact_k():
     g = torch.zeros(4, dtype=torch.long)
-    assert A.cppo_keep(torch.tensor([0.1, -0.9, 0.5, 0.2]), g, 2).tolist() == [False, True, True, False]
     assert A.d3s_select(torch.tensor([-1.0, 0.0, 0.1, 1.0]), g, 2).tolist() == [True, False, False, True]
     ent = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.2, 9.0]])
-    m = A.high_entropy_mask(
-        ent, torch.tensor([[1.0, 1, 1], [1, 1, 0]]), 0.4
-    )  # 5 tokens -> top 2, masked 9.0 ignored
+    m = A.high_entropy_mask(ent, torch.tensor([[1.0, 1, 1], [1, 1, 0]]), 0.4)  # 5 tokens -> top 2; 9.0 is masked
     assert m.tolist() == [[0, 1, 0], [1, 0, 0]]
-    s = A.semantic_entropy_scale(["1", "1", "2", "3", "5", "5"], torch.tensor([0, 0, 0, 0, 1, 1]), alpha=1.0)
-    se = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
-    torch.testing.assert_close(s, torch.tensor([1 - se / math.log(4)] * 4 + [1.0, 1.0]))
+    # ties: exactly k = ceil(0.2 * 10) = 2 tokens, the earliest (row-major) among equal entropies
+    tied = A.high_entropy_mask(torch.ones(2, 5), torch.ones(2, 5), 0.2)
+    assert tied.tolist() == [[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]
+    assert A.high_entropy_mask(torch.zeros(3, 7), torch.ones(3, 7), 0.2).sum() == 5  # ceil(4.2)
 
 
-def test_cppo_extra_prompts_and_fill():
-    assert A.cppo_extra_prompts(2, 4, 2) == 2  # 8 slots / 2 kept per prompt = 4 prompts: 2 extra
-    assert A.cppo_extra_prompts(2, 4, 3) == 1  # ceil(8 / 3) = 3 prompts
-    assert A.cppo_extra_prompts(32, 8, 4) == 32 and A.cppo_extra_prompts(4, 4, 4) == 0
-    # three groups of G = 4 with non-sorted ids: 7 is drawn first (nominal), then 2 and 9 (extra prompts)
-    adv = torch.tensor([0.1, -0.9, 0.5, 0.2, 0.0, 0.3, -0.3, 0.8, -0.4, 0.6, 0.1, -0.7])
-    g = torch.tensor([7, 7, 7, 7, 2, 2, 2, 2, 9, 9, 9, 9])
-    # top-2 |A| per group: {1, 2}, {7, 5 (tie with 6, earlier wins)}, {11, 9}; filled in draw order
-    assert A.cppo_fill(adv, g, 2, 5).tolist() == [1, 2, 5, 7, 11]  # last group cut short: its largest |A|
-    assert A.cppo_fill(adv, g, 2, 3).tolist() == [1, 2, 7]  # draw order, not id order (that gives 1, 5, 7)
-    assert A.cppo_fill(adv, g, 2, 100).tolist() == [1, 2, 5, 7, 9, 11]  # not enough groups: all kept ones
-    # from rewards: GRPO advantages of [1, 0, 0, 0] are [1.5, -0.5, -0.5, -0.5] (Bessel std 0.5)
-    r, g2 = torch.tensor([1.0, 0, 0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    a, _ = ADVANTAGES.get("grpo")(AdvantageInputs(rewards=r, group_ids=g2), AdvantageConfig(std_eps=0.0))
-    torch.testing.assert_close(a, torch.tensor([1.5, -0.5, -0.5, -0.5, -1.5, 0.5, 0.5, 0.5]))
-    assert A.cppo_fill(a, g2, 1, 2).tolist() == [0, 4]  # the lone success and the lone failure
+def test_forking_token_normalizers_differ_by_the_selected_fraction():
+    """80/20 with token-mean aggregation: the authors' code divides the masked loss by the selected tokens, the
+    paper's equation (and TRL) by all completion tokens: L_all = L_selected * k / n."""
+    from policyopt.lm.trainer import _DenomAggregator
+
+    torch.manual_seed(0)
+    cmask = torch.tensor([[1.0] * 5, [1.0] * 4 + [0.0]])  # n = 9 tokens
+    ent, adv = torch.rand(2, 5), torch.randn(2, 1).expand(2, 5) * cmask
+    sel = A.high_entropy_mask(ent, cmask, 0.2)  # k = 2
+    lp = torch.full((2, 5), -1.0, requires_grad=True)
+    b = PolicyBatch(lp, lp.detach(), adv, sel)
+    ppo = POLICY_LOSSES.get("ppo_clip")
+    l_sel, _ = ppo(b, PolicyLossConfig(), Aggregator.for_batch("token-mean", sel))
+    l_all, _ = ppo(b, PolicyLossConfig(), _DenomAggregator(Aggregator.for_batch("token-mean", cmask), cmask))
+    hand = -(adv * sel).sum()  # ratio 1: the per-token loss is -A on the 2 selected tokens
+    assert int(sel.sum()) == 2
+    torch.testing.assert_close(l_sel, hand / 2)
+    torch.testing.assert_close(l_all, hand / 9)
+
+
+def test_cppo_prunes_over_the_whole_batch_by_abs_advantage():
+    """Authors' rule: N completions, pruning rate P = 1 - keep/G; keep the floor(N (1 - P)) with the largest |A|
+    over the batch; the prompt batch is enlarged to floor(n / (1 - P))."""
+    assert A.cppo_prompts(32, 8, 4) == 64 and A.cppo_prompts(4, 4, 3) == 5 and A.cppo_prompts(2, 4, 2) == 4
+    # GRPO advantages of 3 groups of G = 4: a lone success, all equal (A = 0), two of four
+    r = torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    a, _ = ADVANTAGES.get("grpo")(AdvantageInputs(rewards=r, group_ids=g), AdvantageConfig())
+    # |A| ~ [1.5, .5, .5, .5, 0, 0, 0, 0, .866, .866, .866, .866]; keep 12 * 2 // 4 = 6, returned in batch order
+    assert A.cppo_select(a, keep=2, group_size=4).tolist() == [0, 1, 8, 9, 10, 11]  # all-equal group: no slot
+    assert A.cppo_select(a, keep=3, group_size=4).tolist() == [0, 1, 2, 3, 4, 8, 9, 10, 11]  # ties: earliest
+
+
+def test_seed_grpo_semantic_entropy_from_old_policy_likelihoods():
+    """SEED-GRPO: A_hat = A * (1 - alpha * SE / log G), SE = -sum_k p_k log p_k with p_k the cluster's share of
+    exp(length-normalized log-likelihood) in the group."""
+    answers = ["1", "1", "2", "3"]
+    ll = torch.tensor([-0.1, -0.2, -0.5, -1.0])
+    w = [math.exp(x) for x in ll.tolist()]
+    p = [(w[0] + w[1]) / sum(w), w[2] / sum(w), w[3] / sum(w)]
+    se = -sum(q * math.log(q) for q in p)
+    assert A.semantic_entropy(answers, ll) == pytest.approx(se, rel=1e-6)
+    g = torch.zeros(4, dtype=torch.long)
+    expected = torch.full((4,), 1 - 0.5 * se / math.log(4))
+    torch.testing.assert_close(A.semantic_entropy_scale(answers, g, 0.5, ll), expected)
+    freq = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))  # frequency estimate: equal mass per completion
+    assert A.semantic_entropy(answers) == pytest.approx(freq)
+    # a group of G distinct answers has SE = log G: the preset's alpha leaves its advantages almost unscaled
+    from policyopt import algos
+
+    cfg = algos.build_config("seed_grpo")
+    s = A.semantic_entropy_scale(["1", "2", "3", "4", "5", "5"], torch.tensor([0, 0, 0, 0, 1, 1]), cfg.seed_alpha)
+    assert s[:4].tolist() == pytest.approx([1 - cfg.seed_alpha] * 4) and s[4:].tolist() == [1.0, 1.0]
+    assert s.min() > 0.9 and cfg.advantage == "dr_grpo"  # mean-centred, not std-divided
 
 
 def test_d3s_token_mask_and_schedule():

@@ -118,9 +118,13 @@ def test_cli_train_eval_resume(tmp_path, capsys):
         "eval/accuracy",
     ):
         assert n in names, n
+    assert "stats/kl_ref" not in names  # no KL term, no reference: nothing to report
     assert (out / "samples.jsonl").read_text().count("\n") >= 4
-    lrs = {int(r[0]): float(r[3]) for r in (line.split(",") for line in (out / "metrics.csv").read_text().splitlines())
-           if r[2] == "train/lr"}
+    lrs = {
+        int(r[0]): float(r[3])
+        for r in (line.split(",") for line in (out / "metrics.csv").read_text().splitlines())
+        if r[2] == "train/lr"
+    }
     assert lrs == pytest.approx({1: 3e-4, 2: 1.5e-4})  # linear decay over total_steps=2 (the default schedule)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out / "model"))  # plain transformers
     assert model.config.num_hidden_layers == 2
@@ -270,9 +274,18 @@ def _lean_model(kind):
     if kind != "gqa-untied":
         return tok, build_model(kind, tok, 0)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                      max_position_embeddings=64, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     return tok, AutoModelForCausalLM.from_config(cfg)
 
 
@@ -289,10 +302,18 @@ def test_fast_sampler_matches_model(kind):
     assert not fastgen.supported(m, 0.9, []) and not fastgen.supported(m, 1.0, ["\n"])
     rep = [p for p in prompts for _ in range(2)]
     enc = tok(rep, return_tensors="pt", padding=True, add_special_tokens=False)
-    g1, _ = fastgen.sample(m, enc["input_ids"], enc["attention_mask"], max_new_tokens=8,
-                           eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, greedy=True)
-    g2 = m.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id)[:, enc["input_ids"].shape[1]:]
+    g1, _ = fastgen.sample(
+        m,
+        enc["input_ids"],
+        enc["attention_mask"],
+        max_new_tokens=8,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        greedy=True,
+    )
+    g2 = m.generate(
+        **enc, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+    )[:, enc["input_ids"].shape[1] :]
     assert torch.equal(g1[:, : g2.shape[1]], g2)
     ro, lp, _ = _sample_and_recompute(m, tok, prompts, 4, 12, 0)
     for i, c in enumerate(ro.completion_ids):
@@ -328,8 +349,9 @@ def test_lean_train_forward_matches_the_model_in_value_and_gradient(kind):
     assert fastgen.supported_model(m)
     prompts = ["1+2=", "56+78=", "1+2=", "9+11=", "56+78=", "1+2="]
     comps = ["3", "134", "4<", "20", "", "3333"]
-    ids, attn, pos, cmask, P = collate([tok.encode(p) for p in prompts], [tok.encode(c) for c in comps],
-                                       tok.pad_token_id, 5)
+    ids, attn, pos, cmask, P = collate(
+        [tok.encode(p) for p in prompts], [tok.encode(c) for c in comps], tok.pad_token_id, 5
+    )
     valid = cmask.bool()
     assert int(valid.sum()) == sum(len(tok.encode(c)) for c in comps)
     w = torch.randn(len(prompts), 5, len(tok), generator=torch.Generator().manual_seed(0))
@@ -389,8 +411,23 @@ def test_warm_start_ends_once_training_prompt_accuracy_reaches_target(tmp_path, 
 
     monkeypatch.setattr(lm_trainer, "evaluate_model", fake)
     out = tmp_path / "sft"
-    argv = ["train", "grpo", "--out", str(out), "--total-steps", "1", *FAST, "--set", "sft_steps=100",
-            "--set", "sft_check_every=10", "--set", "sft_check_size=8", "--set", "sft_target_accuracy=0.4"]
+    argv = [
+        "train",
+        "grpo",
+        "--out",
+        str(out),
+        "--total-steps",
+        "1",
+        *FAST,
+        "--set",
+        "sft_steps=100",
+        "--set",
+        "sft_check_every=10",
+        "--set",
+        "sft_check_size=8",
+        "--set",
+        "sft_target_accuracy=0.4",
+    ]
     assert main(argv) == 0
     assert _metric(out, "sft/train_accuracy") == [0.2, 0.5]
     assert len(_metric(out, "sft/loss")) == 0  # logged every 50 steps: the warm-start stopped at step 20
@@ -406,15 +443,15 @@ def _metric(out, name) -> list[float]:
     ]
 
 
-def test_cppo_refills_the_batch(tmp_path):
-    """4 prompts x G=4 = 16 completions nominal; pruning to k=3 keeps 3 per prompt, so 2 extra prompts are
-    drawn (ceil(16 / 3) = 6 prompts, 24 completions) and the trained batch is full again (16)."""
+def test_cppo_prunes_the_enlarged_batch(tmp_path):
+    """4 prompts x G=4 nominal, cppo_keep=3 (retain rate 3/4): floor(4 * 4 / 3) = 5 prompts are drawn (20
+    completions) and the floor(20 * 3 / 4) = 15 with the largest |A| over the whole batch are trained."""
     out = tmp_path / "cppo"
     argv = ["train", "cppo", "--out", str(out), "--total-steps", "1", *FAST, "--set", "eval_k=1"]
     assert main([*argv, "--set", "sft_steps=0", "--set", "cppo_keep=3"]) == 0
-    assert _metric(out, "select/cppo_extra_prompts") == [2.0]
-    assert _metric(out, "select/train_batch") == [16.0]
-    assert _metric(out, "select/cppo_kept_frac") == [pytest.approx(16 / 24)]
+    assert _metric(out, "select/rollout_batch") == [20.0]
+    assert _metric(out, "select/train_batch") == [15.0]
+    assert _metric(out, "select/cppo_kept_frac") == [pytest.approx(15 / 20)]
 
 
 def test_d3s_token_level_and_schedule(tmp_path):

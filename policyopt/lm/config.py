@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from policyopt.advantages import ADVANTAGES
 from policyopt.config import in_range, nonneg, opt, optional, positive
 from policyopt.errors import UserError
-from policyopt.lm import algorithms  # noqa: F401  (registers opmd/asymre/bnpo/spo)
+from policyopt.lm import algorithms, selection  # noqa: F401  (algorithms registers opmd/asymre/bnpo/spo)
 from policyopt.lm.tasks import check_task
 from policyopt.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, PolicyLossConfig
 
@@ -24,9 +24,7 @@ class LMConfig:
     task: str = opt("addition", "task: addition | addition3 | rg:<reasoning-gym name>", check=check_task)
     dataset: str | None = opt(None, "JSONL / datasets file with prompt,answer rows (overrides task)")
     model: str = opt("tiny-llama", "tiny-llama | tiny-qwen2 | local model folder | config.json path")
-    tokenizer: str | None = opt(
-        None, "tokenizer folder (default: the model's, else the shipped char tokenizer)"
-    )
+    tokenizer: str | None = opt(None, "tokenizer folder (default: the model's, else the shipped char tokenizer)")
     seed: int = opt(0, "random seed")
     total_steps: int = opt(500, "RL optimizer steps (one rollout batch each)", check=positive)
     rewards: dict = opt({}, "reward name -> weight (empty = the task's default, e.g. exact_match: 1)")
@@ -39,8 +37,11 @@ class LMConfig:
     sft_batch: int = opt(64, "warm-start batch size", check=positive)
     sft_lr: float = opt(1e-3, "warm-start learning rate", check=positive)
     sft_target_accuracy: float = opt(
-        0.25, "end the warm-start early once greedy accuracy on sft_check_size training prompts reaches this "
-        "(checked every sft_check_every steps; 0 = always run sft_steps)", check=in_range(0, 1))
+        0.25,
+        "end the warm-start early once greedy accuracy on sft_check_size training prompts reaches this "
+        "(checked every sft_check_every steps; 0 = always run sft_steps)",
+        check=in_range(0, 1),
+    )
     sft_check_every: int = opt(25, "warm-start steps between accuracy checks", check=positive)
     sft_check_size: int = opt(128, "training prompts in each warm-start accuracy check", check=positive)
     # rollouts
@@ -53,12 +54,11 @@ class LMConfig:
     # advantages and loss
     advantage: str = opt("grpo", "advantage estimator", choices=ADVANTAGES)
     std_eps: float = opt(1e-6, "epsilon added to the group std", check=nonneg)
+    gamma: float = opt(1.0, "discount of token-level returns (REINFORCE++ reward-to-go)", check=in_range(0, 1))
     policy_loss: str = opt("ppo_clip", "policy loss", choices=POLICY_LOSSES)
     loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
     aggregation: str = opt("seq-mean-token-mean", "loss aggregation", choices=AGGREGATIONS)
-    const_len: int | None = opt(
-        None, "Dr. GRPO constant length (default max_new_tokens)", check=optional(positive)
-    )
+    const_len: int | None = opt(None, "Dr. GRPO constant length (default max_new_tokens)", check=optional(positive))
     beta: float = opt(0.0, "KL-to-reference coefficient (0 = no reference model)", check=nonneg)
     kl_estimator: str = opt("k3", "KL estimator for the reference term", choices=KL_ESTIMATORS)
     kl_in_reward: bool = opt(False, "put beta * k1 KL in the token rewards (REINFORCE++) instead of the loss")
@@ -68,15 +68,26 @@ class LMConfig:
         "pi_old: recompute with the train-time forward, or the sampler's log-probs",
         choices=("recompute", "sampler"),
     )
-    # data selection extras
+    # data selection (policyopt.lm.selection; order: `selectors`, else the documented default order)
+    selectors: list[str] | None = opt(
+        None,
+        "selector order (None = the default order of the selectors the keys below turn on)",
+        check=selection.check_names,
+    )
     dynamic_sampling: bool = opt(False, "DAPO: drop groups with identical rewards and refill")
     max_gen_batches: int = opt(3, "dynamic sampling: generation batches per step at most", check=positive)
     overlong_buffer: int = opt(0, "DAPO overlong shaping buffer L_buf in tokens (0 = off)", check=nonneg)
+    overlong_buffer_frac: float = opt(
+        0.0,
+        "DAPO overlong shaping buffer as a fraction of max_new_tokens (used when overlong_buffer is 0)",
+        check=in_range(0, 1, hi_open=True),
+    )
     overlong_factor: float = opt(1.0, "DAPO overlong penalty factor", check=nonneg)
     mask_truncated: bool = opt(False, "DAPO overlong filtering: no loss on truncated completions")
     cppo_keep: int = opt(
         0,
-        "CPPO: keep the k completions with largest |A| per group and refill the batch with extra prompts (0 = off)",
+        "CPPO: retain rate cppo_keep/G: keep the completions with the largest |A| over the whole batch, from "
+        "prompts_per_step*G/cppo_keep prompts (0 = off)",
         check=nonneg,
     )
     d3s_keep: int = opt(0, "D3S: keep the k completions maximizing Var(A) per group (0 = off)", check=nonneg)
@@ -93,17 +104,29 @@ class LMConfig:
     forking_top_frac: float = opt(
         0.0, "80/20: train only on the top fraction of high-entropy tokens (0 = off)", check=in_range(0, 1)
     )
-    seed_alpha: float = opt(0.0, "SEED-GRPO semantic-entropy scaling alpha (0 = off)", check=nonneg)
+    forking_norm: str = opt(
+        "selected",
+        "80/20 loss normalizer: selected tokens (the authors' code) or all completion tokens (the "
+        "paper's equation, TRL)",
+        choices=("selected", "all"),
+    )
+    seed_alpha: float = opt(0.0, "SEED-GRPO alpha in 1 - alpha * SE / log G (0 = off)", check=in_range(0, 1))
+    seed_entropy: str = opt(
+        "likelihood",
+        "SEED-GRPO cluster probabilities: the old policy's length-normalized likelihoods, or answer frequencies",
+        choices=("likelihood", "frequency"),
+    )
     # optimization
     learning_rate: float = opt(3e-4, "RL learning rate (AdamW)", check=positive)
     lr_schedule: str = opt(
-        "linear", "RL learning-rate schedule: linear (decays to 0 over total_steps, like the transformers "
-        "Trainer default) or constant", choices=("constant", "linear"))
+        "linear",
+        "RL learning-rate schedule: linear (decays to 0 over total_steps, like the transformers "
+        "Trainer default) or constant",
+        choices=("constant", "linear"),
+    )
     weight_decay: float = opt(0.0, "AdamW weight decay", check=nonneg)
     epochs: int = opt(1, "optimizer passes over each rollout batch", check=positive)
-    mini_batches: int = opt(
-        1, "optimizer steps per epoch (the rollout batch split into this many)", check=positive
-    )
+    mini_batches: int = opt(1, "optimizer steps per epoch (the rollout batch split into this many)", check=positive)
     micro_batch_size: int = opt(64, "sequences per forward/backward (gradient accumulation)", check=positive)
     max_grad_norm: float | None = opt(1.0, "gradient norm clipping (None = off)", check=optional(positive))
     # evaluation, logging, runtime
@@ -117,20 +140,18 @@ class LMConfig:
     progress: bool | None = opt(None, "live progress bar (None = when stderr is a terminal)")
 
     def validate(self) -> None:
-        if (
-            self.advantage in ("grpo", "dr_grpo", "rloo", "gdpo", "bnpo", "reinforce_pp_baseline")
-            and self.group_size < 2
-        ):
-            raise UserError(
-                f"config key 'group_size'={self.group_size}: advantage {self.advantage!r} needs "
-                "group_size >= 2"
-            )
+        min_g = ADVANTAGES.meta(self.advantage)["min_group_size"]
+        names = selection.pipeline(self)
+        grouped = [n for n in names if "groups" in selection.SELECTORS.meta(n)["needs"]]
+        if self.group_size < max(min_g, 2 if grouped else 1):
+            who = f"advantage {self.advantage!r}" if self.group_size < min_g else f"selectors {grouped}"
+            raise UserError(f"config key 'group_size'={self.group_size}: {who} needs group_size >= 2")
         for k in ("cppo_keep", "d3s_keep"):
             if getattr(self, k) and getattr(self, k) >= self.group_size:
-                raise UserError(
-                    f"config key {k!r}={getattr(self, k)} must be < group_size ({self.group_size})"
-                )
-        if self.overlong_buffer >= self.max_new_tokens and self.overlong_buffer:
+                raise UserError(f"config key {k!r}={getattr(self, k)} must be < group_size ({self.group_size})")
+        if self.overlong_buffer and self.overlong_buffer_frac:
+            raise UserError("config keys 'overlong_buffer' and 'overlong_buffer_frac' are both set; set one")
+        if selection.overlong_buffer(self) >= self.max_new_tokens:
             raise UserError(f"config key 'overlong_buffer'={self.overlong_buffer} must be < max_new_tokens")
         for k, v in self.rewards.items():
             if not isinstance(v, int | float) or isinstance(v, bool):

@@ -31,8 +31,7 @@ def _reg(name: str, doc: str, **defaults) -> None:
 
 _reg(
     "grpo",
-    "GRPO: group mean/std advantage, PPO clip, seq-mean-token-mean, optional k3 KL (DeepSeekMath, "
-    "Shao et al. 2024)",
+    "GRPO: group mean/std advantage, PPO clip, seq-mean-token-mean, optional k3 KL (DeepSeekMath, Shao et al. 2024)",
     advantage="grpo",
     policy_loss="ppo_clip",
     aggregation="seq-mean-token-mean",
@@ -48,13 +47,14 @@ _reg(
 )
 _reg(
     "dapo",
-    "DAPO: clip-higher 0.2/0.28, token-mean, dynamic sampling, overlong shaping + filtering (Yu et al. 2025)",
+    "DAPO: clip-higher 0.2/0.28, token-mean, dynamic sampling, overlong shaping (buffer 20% of max_new_tokens) "
+    "+ filtering (Yu et al. 2025)",
     advantage="grpo",
     policy_loss="ppo_clip",
     aggregation="token-mean",
     loss={"clip_eps_low": 0.2, "clip_eps_high": 0.28},
     dynamic_sampling=True,
-    overlong_buffer=2,
+    overlong_buffer_frac=0.2,
     mask_truncated=True,
     beta=0.0,
 )
@@ -76,8 +76,7 @@ _reg(
 )
 _reg(
     "cpgd",
-    "CPGD: clipped log-ratio policy gradient + policy drift KL(pi_old||pi), coef 0.01 as in the MM-EUREKA "
-    "reference script (Liu et al. 2025)",
+    "CPGD: clipped log-ratio policy gradient + policy drift KL(pi_old||pi), coefficient 0.01 (Liu et al. 2025)",
     advantage="grpo",
     policy_loss="cpgd",
     aggregation="token-mean",
@@ -109,8 +108,7 @@ _reg(
 )
 _reg(
     "opmd",
-    "OPMD: REINFORCE with group baseline + per-token (tau/2)(log r)^2, tau 0.2 = REC example coef 0.1 "
-    "(REC, Yao et al. 2025)",
+    "OPMD: REINFORCE with group baseline + per-token (tau/2)(log r)^2, tau 0.2 (REC, Yao et al. 2025)",
     advantage="dr_grpo",
     policy_loss="opmd",
     aggregation="token-mean",
@@ -132,7 +130,7 @@ _reg(
 )
 _reg(
     "gdpo",
-    "GDPO: each reward component group-normalized separately, summed, batch-whitened (seed 004)",
+    "GDPO: each reward component group-normalized separately, summed, batch-whitened",
     advantage="gdpo",
     policy_loss="ppo_clip",
     aggregation="seq-mean-token-mean",
@@ -140,8 +138,8 @@ _reg(
 )
 _reg(
     "spo",
-    "SPO: group-free, persistent per-prompt Beta tracker baseline, prioritized prompts, clip 0.2/0.28 as in "
-    "the reference run script (Xu & Ding 2025)",
+    "SPO: group-free, persistent per-prompt Beta tracker baseline updated after each step, prioritized prompts, "
+    "clip 0.2/0.28 (Xu & Ding 2025)",
     advantage="spo",
     policy_loss="ppo_clip",
     aggregation="token-mean",
@@ -151,8 +149,8 @@ _reg(
 )
 _reg(
     "cppo",
-    "CPPO: prune each group to the k completions with largest |A|, refill the batch with the kept completions "
-    "of extra prompts (Lin et al. 2025)",
+    "CPPO: keep the completions with the largest |A| over the whole batch (retain rate cppo_keep/G = 0.5), drawn "
+    "from G/cppo_keep times the prompts (Lin et al. 2025)",
     advantage="grpo",
     policy_loss="ppo_clip",
     aggregation="seq-mean-token-mean",
@@ -160,7 +158,7 @@ _reg(
 )
 _reg(
     "forking_tokens",
-    "80/20: loss only on the top-20% highest-entropy tokens (Wang et al. 2025)",
+    "80/20: loss only on the top-20% highest-entropy tokens, normalized by the selected tokens (Wang et al. 2025)",
     advantage="grpo",
     policy_loss="ppo_clip",
     aggregation="token-mean",
@@ -169,8 +167,7 @@ _reg(
 _reg(
     "d3s",
     "D^3S: per-group rollout subset maximizing Var(A), then top |A|*H tokens with a keep ratio annealed "
-    "linearly 0.2 -> 1.0 (schedule form and values unconfirmed: paper method section not found) "
-    "(Wang et al. 2025; seeds 001/004)",
+    "linearly 0.2 -> 1.0 (Wang et al. 2025)",
     advantage="grpo",
     policy_loss="ppo_clip",
     aggregation="seq-mean-token-mean",
@@ -180,9 +177,10 @@ _reg(
 )
 _reg(
     "seed_grpo",
-    "SEED-GRPO: advantages scaled by 1 - alpha*semantic entropy/max (Chen et al. 2025)",
-    advantage="grpo",
+    "SEED-GRPO: mean-centred advantages scaled by 1 - alpha*SE/log G, semantic entropy SE of the answers under "
+    "the old policy, alpha 0.0417 (Chen et al. 2025)",
+    advantage="dr_grpo",
     policy_loss="ppo_clip",
     aggregation="seq-mean-token-mean",
-    seed_alpha=1.0,
+    seed_alpha=0.0417,
 )

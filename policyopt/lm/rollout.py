@@ -7,6 +7,7 @@ attention mask exactly as ``generate`` computes them, so recomputed log-probs ma
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,8 @@ from policyopt.losses import entropy_from_logits
 
 @dataclass
 class Rollout:
+    """Completions of a batch of prompts (``G`` per prompt, grouped) and, once scored, their rewards."""
+
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]  # up to and including EOS
     sampler_logp: list[Tensor]  # per completion token, under the (temperature / top-p) sampling distribution
@@ -25,9 +28,15 @@ class Rollout:
     prompt_index: Tensor  # (B,) index of the prompt row in the task
     group_ids: Tensor  # (B,)
     completions: list[str] = field(default_factory=list)
+    raw_rewards: Tensor | None = None  # (B,) weighted reward total as scored
+    rewards: Tensor | None = None  # (B,) the total after reward shaping (what the advantages see)
+    components: Tensor | None = None  # (B, K) each reward function's score
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
+
+    def scored(self, total: Tensor, components: Tensor) -> Rollout:
+        return dataclasses.replace(self, raw_rewards=total, rewards=total.clone(), components=components)
 
     def select(self, keep: Tensor) -> Rollout:
         idx = keep.nonzero().flatten().tolist() if keep.dtype == torch.bool else keep.tolist()
@@ -39,10 +48,15 @@ class Rollout:
             self.prompt_index[idx],
             self.group_ids[idx],
             [self.completions[i] for i in idx],
+            *(None if t is None else t[idx] for t in (self.raw_rewards, self.rewards, self.components)),
         )
 
     @staticmethod
     def cat(parts: list[Rollout]) -> Rollout:
+        def tensors(name):
+            vals = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in vals) else torch.cat(vals)
+
         return Rollout(
             sum((p.prompt_ids for p in parts), []),
             sum((p.completion_ids for p in parts), []),
@@ -51,6 +65,7 @@ class Rollout:
             torch.cat([p.prompt_index for p in parts]),
             torch.cat([p.group_ids for p in parts]),
             sum((p.completions for p in parts), []),
+            *(tensors(n) for n in ("raw_rewards", "rewards", "components")),
         )
 
 
@@ -151,9 +166,7 @@ def set_mode(model, train: bool) -> None:
         model.train(train)
 
 
-def token_logp(
-    model, ids: Tensor, attn: Tensor, pos: Tensor, P: int, temperature: float, with_entropy: bool = False
-):
+def token_logp(model, ids: Tensor, attn: Tensor, pos: Tensor, P: int, temperature: float, with_entropy: bool = False):
     """Per-completion-token log-probs (and entropies) under ``softmax(logits / temperature)``, ``(B, L)``;
     0 at padded completion positions on the lean path (which computes logits only at real tokens)."""
     tgt = ids[:, P:]

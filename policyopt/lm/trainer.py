@@ -1,12 +1,12 @@
 """GRPO-family trainer for Hugging Face causal LMs: every preset is this one loop with different boxes.
 
-Read top to bottom: set-up (task, tokenizer, model [+ LoRA], reference only if a KL term is active,
-resume) -> supervised warm-start (optional) -> held-out accuracy before RL -> for each step: sample
-prompts, generate G completions each (dynamic sampling refills if on), score with the reward set
-(components kept apart), shape (overlong), advantages from the shared registry, LM-only selection
-(CPPO prune + refill from extra prompts drawn up front / D3S rollout subset + annealed top |A|*H token
-mask / forking tokens / SEED scaling), then epochs x mini-batches of micro-batched gradient
-steps on a shared policy loss with *global* aggregation denominators, log (one host sync), checkpoint.
+Read top to bottom: set-up (task, tokenizer, model [+ LoRA], reference only if a KL term is active) ->
+supervised warm-start (optional) -> held-out accuracy before RL -> for each RL step, the phases
+:func:`collect` (sample prompts, generate G completions each, score, generation-stage selection with refills),
+:func:`prepare` (train-time log-probs, advantages from the shared registry, advantage-stage selection),
+:func:`optimize` (epochs x mini-batches x micro-batches with *global* aggregation denominators) and the
+update-stage selection; then log (one host sync) and checkpoint. Data selection is the ordered pipeline of
+:mod:`policyopt.lm.selection`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +25,12 @@ import torch
 from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
 from policyopt.errors import NonFiniteLoss, UserError
 from policyopt.lm import algorithms as A
+from policyopt.lm import selection as S
 from policyopt.lm.config import LMConfig
 from policyopt.lm.model import Reference, add_lora, build_model, load_tokenizer, save_pretrained
-from policyopt.lm.rewards import RewardSet, extract_answer
+from policyopt.lm.rewards import RewardSet
 from policyopt.lm.rollout import Rollout, collate, generate, set_mode, token_logp
+from policyopt.lm.selection import LMBatch, SelectionContext
 from policyopt.lm.tasks import load_task
 from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, kl_penalty
 from policyopt.losses.aggregation import masked_mean
@@ -91,9 +96,7 @@ def setup(cfg: LMConfig):
     rewards = RewardSet(dict(cfg.rewards) or task.default_rewards, task.scorer)
     acc_name = cfg.accuracy_reward or rewards.names[0]
     if acc_name not in rewards.names:
-        raise UserError(
-            f"config key 'accuracy_reward'={acc_name!r} is not one of the rewards {rewards.names}"
-        )
+        raise UserError(f"config key 'accuracy_reward'={acc_name!r} is not one of the rewards {rewards.names}")
     model = build_model(cfg.model, tok, cfg.seed)
     if cfg.lora_r:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
@@ -114,380 +117,402 @@ def sft_step(model, tok, rows: list[dict], opt) -> torch.Tensor:
     return loss.detach()
 
 
-def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    torch.set_num_threads(cfg.threads)
-    run_dir = Path(run_dir)
-    _seed_everything(cfg.seed)
+@dataclass
+class LMParts:
+    """Everything the RL phases share: config, task, model and optimizer, the boxes from the registries."""
 
-    # ---- set-up ----------------------------------------------------------------------------------
+    cfg: LMConfig
+    task: Any
+    tok: Any
+    rewards: RewardSet
+    acc_idx: int
+    model: Any
+    opt: torch.optim.Optimizer
+    params: list
+    selectors: list[str]
+    tracker: A.SPOTracker | None = None
+    ref: Reference | None = None
+    gen_kw: dict = field(default_factory=dict)
+    warned_shortfall: bool = False
+
+    def evaluate(self, rows: list[dict], k: int = 0) -> dict:
+        return evaluate_model(self.model, self.tok, rows, self.rewards, self.acc_idx, k=k, **self.gen_kw)
+
+    def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]):
+        """``(logp, completion_mask)`` of responses under the current policy (no grad)."""
+        ids, attn, pos, cmask, P = collate(prompt_ids, completion_ids, self.tok.pad_token_id, self.cfg.max_new_tokens)
+        set_mode(self.model, train=False)
+        with torch.no_grad():
+            logp, _ = token_logp(self.model, ids, attn, pos, P, self.cfg.temperature)
+        return logp, cmask
+
+
+def build_parts(cfg: LMConfig) -> LMParts:
     task, tok, rewards, acc_idx, model = setup(cfg)
-    lora = bool(cfg.lora_r)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel for all tensors (the default per-tensor loop costs ~1 ms a step on the tiny model)
-    sft_opt = torch.optim.AdamW(params, lr=cfg.sft_lr, weight_decay=0.0, fused=True)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
-    policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
-    advantage = ADVANTAGES.get(cfg.advantage)
-    adv_cfg = AdvantageConfig(std_eps=cfg.std_eps)
-    use_ref = cfg.beta > 0
-    tracker = A.SPOTracker(len(task.train), max_len=cfg.max_new_tokens) if cfg.advantage == "spo" else None
-    gen_kw = dict(  # sampling settings of rollouts and evaluations alike
-        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop
+    names = S.pipeline(cfg)
+    tracker = None
+    if "values" in ADVANTAGES.meta(cfg.advantage)["needs"]:  # a per-prompt value tracker supplies the baselines
+        tracker = A.SPOTracker(len(task.train), max_len=cfg.max_new_tokens)
+    gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop)
+    return LMParts(cfg, task, tok, rewards, acc_idx, model, opt, params, names, tracker, gen_kw=gen_kw)
+
+
+# ----- RL phases ----------------------------------------------------------------------------------
+def _draw_prompts(parts: LMParts, rng: np.random.Generator, n: int) -> np.ndarray:
+    n_train = len(parts.task.train)
+    if parts.tracker is not None:  # prioritized by the tracker's uncertainty
+        pr = parts.tracker.priorities().numpy()
+        return rng.choice(n_train, n, replace=False, p=pr / pr.sum())
+    return rng.choice(n_train, n, replace=False)
+
+
+def collect(parts: LMParts, rng: np.random.Generator, ctx: SelectionContext) -> LMBatch:
+    """Sample prompts, generate ``G`` completions each, score them and run the generation-stage selectors;
+    while a refilling selector (dynamic sampling) leaves fewer rows than the target, generate again (at most
+    ``max_gen_batches`` times). A shortfall is logged (``select/refill_shortfall``) and warned about once."""
+    cfg = parts.cfg
+    n_prompts = min(S.prompts_to_draw(parts.selectors, cfg, cfg.prompts_per_step), len(parts.task.train))
+    target, refill = n_prompts * cfg.group_size, S.refills(parts.selectors)
+    kept, n_groups, zero_var, n_gen = [], 0, [], 0
+    while n_gen < (cfg.max_gen_batches if refill else 1) and sum(len(b) for b in kept) < target:
+        n_gen += 1
+        idx = _draw_prompts(parts, rng, n_prompts)
+        rows = [parts.task.train[i] for i in idx]
+        ro = generate(
+            parts.model,
+            parts.tok,
+            [r["prompt"] for r in rows],
+            torch.as_tensor(idx),
+            n_groups,
+            cfg.group_size,
+            **parts.gen_kw,
+        )
+        n_groups += len(rows)
+        rrows = [parts.task.train[i] for i in ro.prompt_index.tolist()]
+        ro = ro.scored(*parts.rewards([r["prompt"] for r in rrows], ro.completions, _fields(rrows)))
+        zero_var.append(1 - A.informative_groups(ro.rewards, ro.group_ids).float().mean())
+        kept.append(S.run_stage(parts.selectors, "generation", LMBatch.of(ro), ctx))
+    batch = LMBatch.cat(kept)
+    ctx.metrics["groups/zero_variance_frac"] = torch.stack(zero_var).mean()
+    ctx.metrics["groups/gen_batches"] = float(n_gen)
+    if refill:
+        batch = batch.select(torch.arange(min(len(batch), target)))
+        shortfall = 1.0 - len(batch) / target
+        ctx.metrics["select/refill_shortfall"] = shortfall
+        if shortfall > 0 and not parts.warned_shortfall:
+            parts.warned_shortfall = True
+            warnings.warn(
+                f"RL step {ctx.step}: after {n_gen} generation batches (max_gen_batches) only "
+                f"{len(batch)} of {target} completions passed the selection; training on the partial "
+                "batch (metric select/refill_shortfall; warned once per run)",
+                stacklevel=2,
+            )
+    return batch
+
+
+def _on_policy(parts: LMParts) -> bool:
+    """One optimizer step on freshly sampled data: pi_old == pi_theta, so (like TRL with num_iterations=1) the
+    no-grad pass is skipped and log-probs / entropy come from the train pass."""
+    cfg = parts.cfg
+    return (
+        cfg.epochs == 1
+        and cfg.mini_batches == 1
+        and cfg.old_logp == "recompute"
+        and not cfg.kl_in_reward
+        and not S.needs(parts.selectors) & {"old_logp", "entropy"}
     )
-    # CPPO: draw extra prompts so the completions kept after pruning fill the nominal batch
-    cppo_extra = A.cppo_extra_prompts(cfg.prompts_per_step, cfg.group_size, cfg.cppo_keep) if cfg.cppo_keep else 0
-    n_prompts = min(cfg.prompts_per_step + cppo_extra, len(task.train))
-    cppo_extra = n_prompts - cfg.prompts_per_step if cfg.cppo_keep else 0  # what was actually drawn
-    batch_target = cfg.prompts_per_step * cfg.group_size  # nominal rollout / training batch (completions)
-    d3s_tokens = cfg.d3s_token_ratio_start < 1 or cfg.d3s_token_ratio_end < 1
-    ckpt_path = rundir.checkpoint_path(run_dir)
-    step, sft_done, acc_before = 0, 0, None
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        (opt if state["counters"]["sft_done"] >= cfg.sft_steps else sft_opt).load_state_dict(
-            state["optimizer"]
-        )
-        set_rng_state(state["rng"])
-        step, sft_done = state["counters"]["step"], state["counters"]["sft_done"]
-        acc_before = state.get("acc_before")
-        if tracker is not None and "spo" in state:
-            tracker.load_state_dict(state["spo"])
-        if step >= cfg.total_steps:
-            rundir.check_budget_left(run_dir, step)
-    ref = Reference(model, lora) if use_ref else None  # after resume: the reference is the RL starting point
-    logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=step if resume else None,
-                          resume_rows=state.get("metrics_rows") if resume else None)
-    samples_path = run_dir / "samples.jsonl"
 
-    def save() -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": (opt if sft_done >= cfg.sft_steps else sft_opt).state_dict(),
-                "rng": rng_state(),
-                "acc_before": acc_before,
-                "metrics_rows": logger.rows,
-                "counters": {"step": step, "sft_done": sft_done},
-                **({"spo": tracker.state_dict()} if tracker is not None else {}),
-            },
-        )
 
-    t_start = time.time()
-    # ---- supervised warm-start -------------------------------------------------------------------
+def _token_tensors(parts: LMParts, batch: LMBatch) -> LMBatch:
+    ro, cfg = batch.rollout, parts.cfg
+    ids, attn, pos, cmask, P = collate(ro.prompt_ids, ro.completion_ids, parts.tok.pad_token_id, cfg.max_new_tokens)
+    sampler = torch.zeros_like(cmask)
+    for i, lp in enumerate(ro.sampler_logp):
+        sampler[i, : len(lp)] = lp
+    old = ent = ref = None
+    with torch.no_grad():
+        set_mode(parts.model, train=False)
+        if not _on_policy(parts):
+            old, ent = token_logp(parts.model, ids, attn, pos, P, cfg.temperature, with_entropy=True)
+        if parts.ref is not None:
+            with parts.ref.context():
+                ref, _ = token_logp(parts.ref.forward_model(), ids, attn, pos, P, cfg.temperature)
+    mask = cmask * batch.loss_rows.to(cmask.dtype)[:, None]
+    return LMBatch(ro, batch.loss_rows, P, ids, attn, pos, cmask, mask, None, None, sampler, old, ent, ref)
+
+
+def prepare(parts: LMParts, batch: LMBatch, ctx: SelectionContext) -> LMBatch:
+    """Token tensors, log-probs under pi_old / the reference, advantages, then the advantage-stage selectors."""
+    cfg = parts.cfg
+    batch = _token_tensors(parts, batch)
+    if batch.old_logp is not None:
+        ctx.metrics["stats/logp_mismatch"] = masked_mean((batch.old_logp - batch.sampler_logp).abs(), batch.cmask)
+    if cfg.old_logp == "sampler":
+        batch.old_logp = batch.sampler_logp
+    ro = batch.rollout
+    ain = AdvantageInputs(
+        rewards=ro.rewards,
+        group_ids=ro.group_ids,
+        mask=batch.cmask,
+        reward_components=ro.components,
+        component_weights=parts.rewards.weights,
+    )
+    if parts.tracker is not None:
+        ain.values = parts.tracker.value(ro.prompt_index)
+    if cfg.kl_in_reward and batch.ref_logp is not None:
+        ain.token_kl, ain.kl_coef = (batch.old_logp - batch.ref_logp) * batch.cmask, cfg.beta
+    adv, _ = ADVANTAGES.get(cfg.advantage)(ain, AdvantageConfig(gamma=cfg.gamma, std_eps=cfg.std_eps))
+    batch.adv = adv[:, None] * batch.cmask if adv.dim() == 1 else adv
+    ctx.metrics["select/rollout_batch"] = float(len(batch))
+    return S.run_stage(parts.selectors, "advantage", batch, ctx)
+
+
+def _micro_loss(parts: LMParts, b: LMBatch, mic, agg: Aggregator, on_policy: bool):
+    cfg = parts.cfg
+    logp, ent = token_logp(
+        parts.model,
+        b.ids[mic],
+        b.attn[mic],
+        b.pos[mic],
+        b.P,
+        cfg.temperature,
+        with_entropy=cfg.ent_coef > 0 or on_policy,
+    )
+    ref = None if b.ref_logp is None else b.ref_logp[mic]
+    old = logp.detach() if on_policy else b.old_logp[mic]
+    pl, stats = POLICY_LOSSES.get(cfg.policy_loss)(
+        PolicyBatch(logp, old, b.adv[mic], b.mask[mic], logp_ref=ref), cfg.loss, agg
+    )
+    loss = pl
+    if ref is not None and not cfg.kl_in_reward:
+        kl = agg(kl_penalty(logp, ref, cfg.kl_estimator), b.mask[mic])
+        loss = loss + cfg.beta * kl
+        stats["kl_loss"] = kl.detach()
+    if cfg.ent_coef > 0:
+        loss = loss - cfg.ent_coef * agg(ent, b.mask[mic])
+    stats["loss/policy"], stats["loss/total"] = pl.detach(), loss.detach()
+    return loss, stats, logp.detach(), None if ent is None else ent.detach()
+
+
+class _DenomAggregator:
+    """An aggregation whose denominators come from ``denom`` (the rows of one micro-batch) while the loss is
+    taken over the given (smaller) mask: ``agg(x * mask, denom)``."""
+
+    def __init__(self, agg: Aggregator, denom):
+        self.agg, self.denom = agg, denom
+
+    def __call__(self, x, mask):
+        return self.agg(x * mask.to(x.dtype), self.denom)
+
+
+def optimize(parts: LMParts, b: LMBatch) -> dict[str, list]:
+    """Epochs x mini-batches of optimizer steps, each accumulated over micro-batches with the mini-batch's
+    global aggregation denominators. On the on-policy path, ``b.old_logp`` / ``b.entropy`` are filled from the
+    train pass (statistics)."""
+    cfg, on_policy = parts.cfg, _on_policy(parts)
+    if on_policy:
+        b.old_logp, b.entropy = torch.zeros_like(b.cmask), torch.zeros_like(b.cmask)
+    set_mode(parts.model, train=True)
+    acc: dict[str, list] = {}
+    denom = b.mask if b.denom_mask is None else b.denom_mask
+    for _epoch in range(cfg.epochs):
+        perm = torch.randperm(len(b))
+        for mb in torch.tensor_split(perm, min(cfg.mini_batches, len(b))):
+            agg = Aggregator.for_batch(cfg.aggregation, denom[mb], cfg.const_len or cfg.max_new_tokens)
+            parts.opt.zero_grad(set_to_none=True)
+            for mic in torch.split(mb, cfg.micro_batch_size):
+                a = agg if b.denom_mask is None else _DenomAggregator(agg, denom[mic])
+                loss, stats, logp, ent = _micro_loss(parts, b, mic, a, on_policy)
+                loss.backward()
+                if on_policy:
+                    b.old_logp[mic], b.entropy[mic] = logp, ent
+                for k, v in stats.items():
+                    acc.setdefault(k, []).append(v)
+            if cfg.max_grad_norm is not None:
+                acc.setdefault("grad_norm", []).append(torch.nn.utils.clip_grad_norm_(parts.params, cfg.max_grad_norm))
+            parts.opt.step()
+    return acc
+
+
+def step_metrics(parts: LMParts, b: LMBatch, acc: dict[str, list], ctx: SelectionContext, times: dict) -> dict:
+    """The RL step's metrics (tensors; logged with one host sync)."""
+    cfg, ro = parts.cfg, b.rollout
+    if not bool(torch.isfinite(torch.stack(acc["loss/total"])).all()):
+        raise NonFiniteLoss(f"non-finite loss at RL step {ctx.step}; parameters not saved")
+    sums = {k: torch.stack(v).float() for k, v in acc.items()}
+    m_adv = b.adv[b.mask > 0] if (b.mask > 0).any() else torch.zeros(1)
+    lengths = torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float32)
+
+    def std(x):
+        return x.std() if x.numel() > 1 else torch.tensor(0.0)
+
+    metrics = {
+        "reward/mean": ro.rewards.mean(),
+        "reward/std": std(ro.rewards),
+        **{f"reward/{n}_mean": ro.components[:, j].mean() for j, n in enumerate(parts.rewards.names)},
+        **{f"reward/{n}_std": std(ro.components[:, j]) for j, n in enumerate(parts.rewards.names)},
+        "adv/mean": m_adv.mean(),
+        "adv/std": std(m_adv),
+        "adv/abs_max": m_adv.abs().max(),
+        "stats/clip_frac_low": sums["clip_frac_low"].mean() if "clip_frac_low" in sums else 0.0,
+        "stats/clip_frac_high": sums["clip_frac_high"].mean() if "clip_frac_high" in sums else 0.0,
+        "stats/approx_kl": sums["approx_kl"].mean(),
+        "stats/entropy": masked_mean(b.entropy, b.cmask),
+        "completion/len_mean": lengths.mean(),
+        "completion/len_max": lengths.max(),
+        "completion/truncation_rate": ro.truncated.float().mean(),
+        "perf/gen_tokens_per_s": float(lengths.sum()) / max(times["gen"], 1e-9),
+        "perf/train_tokens_per_s": float(b.mask.sum()) * cfg.epochs / max(times["train"], 1e-9),
+        "loss/policy": sums["loss/policy"].mean(),
+        "loss/total": sums["loss/total"].mean(),
+        "train/lr": parts.opt.param_groups[0]["lr"],
+        "select/train_batch": float(len(b)),
+        **ctx.metrics,
+    }
+    if "stats/logp_mismatch" not in metrics:  # on-policy: the train pass against the sampler
+        metrics["stats/logp_mismatch"] = masked_mean((b.old_logp - b.sampler_logp).abs(), b.cmask)
+    if b.ref_logp is not None:
+        metrics["stats/kl_ref"] = masked_mean(kl_penalty(b.old_logp, b.ref_logp, cfg.kl_estimator), b.mask)
+    if "grad_norm" in sums:
+        metrics["stats/grad_norm"] = sums["grad_norm"].mean()
+    return metrics
+
+
+def rl_step(parts: LMParts, step: int, rng: np.random.Generator) -> tuple[dict, LMBatch | None]:
+    """One RL step: collect -> prepare (advantages, selection) -> optimize -> update-stage selectors."""
+    cfg = parts.cfg
+    lr = cfg.learning_rate * (1.0 - (step - 1) / cfg.total_steps if cfg.lr_schedule == "linear" else 1.0)
+    for g in parts.opt.param_groups:
+        g["lr"] = lr
+    ctx = SelectionContext(cfg, step, tracker=parts.tracker, score=parts.score)
+    t0 = time.time()
+    batch = collect(parts, rng, ctx)
+    gen_time = time.time() - t0
+    if len(batch) == 0:  # nothing passed the generation-stage selection: nothing to learn from this step
+        return dict(ctx.metrics), None
+    batch = prepare(parts, batch, ctx)
+    if len(batch) == 0:
+        return dict(ctx.metrics), None
+    t1 = time.time()
+    acc = optimize(parts, batch)
+    times = {"gen": gen_time, "train": time.time() - t1}
+    metrics = step_metrics(parts, batch, acc, ctx, times)
+    S.run_stage(parts.selectors, "update", batch, ctx)
+    return {**metrics, **ctx.metrics}, batch
+
+
+def _write_samples(path: Path, parts: LMParts, step: int, batch: LMBatch) -> None:
+    ro, names = batch.rollout, parts.rewards.names
+    with open(path, "a") as f:
+        for i in range(min(parts.cfg.log_samples, len(ro))):
+            row = {
+                "step": step,
+                "prompt": parts.task.train[int(ro.prompt_index[i])]["prompt"],
+                "completion": ro.completions[i],
+                "reward": float(ro.rewards[i]),
+                **{n: float(ro.components[i, j]) for j, n in enumerate(names)},
+            }
+            f.write(json.dumps(row) + "\n")
+
+
+def _warm_start(parts: LMParts, sft_opt, sft_done: int, logger: MetricLogger) -> int:
+    """Supervised warm-start from step ``sft_done``; ends at ``sft_steps`` or, by default, once the model
+    solves ``sft_target_accuracy`` of a fixed sample of *training* prompts (RL then starts from a reward that
+    is neither sparse nor saturated). Returns the steps done (``sft_steps`` when finished)."""
+    cfg, task = parts.cfg, parts.task
     rng = np.random.default_rng(cfg.seed + 7 + sft_done)
-    # The warm-start's outcome jumps sharply with the step budget (and even with float rounding), so by
-    # default it ends once the model solves sft_target_accuracy of a fixed sample of *training* prompts:
-    # RL then starts from a reward that is neither sparse nor saturated.
-    check_rows = [task.train[i] for i in np.random.default_rng(cfg.seed + 11).permutation(len(task.train))[
-        : cfg.sft_check_size]]
+    order = np.random.default_rng(cfg.seed + 11).permutation(len(task.train))[: cfg.sft_check_size]
+    check_rows = [task.train[i] for i in order]
     while sft_done < cfg.sft_steps:
         rows = [task.train[i] for i in rng.integers(0, len(task.train), cfg.sft_batch)]
-        loss = sft_step(model, tok, rows, sft_opt)
+        loss = sft_step(parts.model, parts.tok, rows, sft_opt)
         sft_done += 1
         if sft_done % 50 == 0 or sft_done == cfg.sft_steps:
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"non-finite warm-start loss at step {sft_done}")
             logger.log(-cfg.sft_steps + sft_done, {"sft/loss": loss})
         if cfg.sft_target_accuracy > 0 and sft_done % cfg.sft_check_every == 0 and sft_done < cfg.sft_steps:
-            acc = evaluate_model(model, tok, check_rows, rewards, acc_idx, **gen_kw)["accuracy"]
+            acc = parts.evaluate(check_rows)["accuracy"]
             logger.log(-cfg.sft_steps + sft_done, {"sft/train_accuracy": acc})
             if acc >= cfg.sft_target_accuracy:
                 print(f"warm-start ends at step {sft_done}: training-prompt accuracy {acc:.3f}", flush=True)
-                sft_done = cfg.sft_steps  # done (the counter also marks it so in checkpoints)
-    if acc_before is None:
-        acc_before = evaluate_model(model, tok, task.test, rewards, acc_idx, **gen_kw)["accuracy"]
-        logger.log(0, {"eval/accuracy": acc_before})
-        print(f"held-out accuracy before RL: {acc_before:.3f} ({len(task.test)} prompts)", flush=True)
-        save()
-    if ref is None and use_ref:
-        ref = Reference(model, lora)
+                sft_done = cfg.sft_steps
+    return sft_done
 
-    # ---- RL loop ---------------------------------------------------------------------------------
+
+def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
+    _seed_everything(cfg.seed)
+    parts = build_parts(cfg)
+    sft_opt = torch.optim.AdamW(parts.params, lr=cfg.sft_lr, weight_decay=0.0, fused=True)
+    ckpt_path = rundir.checkpoint_path(run_dir)
+    step, sft_done, acc_before, state = 0, 0, None, {}
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        parts.model.load_state_dict(state["model"])
+        (parts.opt if state["counters"]["sft_done"] >= cfg.sft_steps else sft_opt).load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step, sft_done = state["counters"]["step"], state["counters"]["sft_done"]
+        acc_before = state.get("acc_before")
+        if parts.tracker is not None and "spo" in state:
+            parts.tracker.load_state_dict(state["spo"])
+        if step >= cfg.total_steps:
+            rundir.check_budget_left(run_dir, step)
+    use_ref = cfg.beta > 0
+    logger = MetricLogger(
+        run_dir,
+        cfg.tensorboard,
+        resume_step=step if resume else None,
+        resume_rows=state.get("metrics_rows") if resume else None,
+    )
+
+    def save() -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": parts.model.state_dict(),
+                "optimizer": (parts.opt if sft_done >= cfg.sft_steps else sft_opt).state_dict(),
+                "rng": rng_state(),
+                "acc_before": acc_before,
+                "metrics_rows": logger.rows,
+                "counters": {"step": step, "sft_done": sft_done},
+                **({"spo": parts.tracker.state_dict()} if parts.tracker is not None else {}),
+            },
+        )
+
+    t_start = time.time()
+    sft_done = _warm_start(parts, sft_opt, sft_done, logger)
+    if acc_before is None:
+        acc_before = parts.evaluate(parts.task.test)["accuracy"]
+        logger.log(0, {"eval/accuracy": acc_before})
+        print(f"held-out accuracy before RL: {acc_before:.3f} ({len(parts.task.test)} prompts)", flush=True)
+        save()
+    if use_ref:
+        parts.ref = Reference(parts.model, bool(cfg.lora_r))
+
     ckpt_every = cfg.checkpoint_every or cfg.total_steps
     sample_rng = np.random.default_rng(cfg.seed * 1000 + step)
-    with TrainProgress(
-        cfg.total_steps, f"{cfg.policy_loss}/{cfg.advantage}", cfg.progress, start=step
-    ) as bar:
+    with TrainProgress(cfg.total_steps, f"{cfg.policy_loss}/{cfg.advantage}", cfg.progress, start=step) as bar:
         while step < cfg.total_steps:
             step += 1
-            lr = cfg.learning_rate * (1.0 - (step - 1) / cfg.total_steps if cfg.lr_schedule == "linear" else 1.0)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            # -- rollouts (dynamic sampling refills) --
-            t0 = time.time()
-            parts, n_groups, n_gen, zero_var = [], 0, 0, []
-            while n_gen < (cfg.max_gen_batches if cfg.dynamic_sampling else 1):
-                if tracker is not None:
-                    pr = tracker.priorities().numpy()
-                    idx = sample_rng.choice(len(task.train), n_prompts, replace=False, p=pr / pr.sum())
-                else:
-                    idx = sample_rng.choice(len(task.train), n_prompts, replace=False)
-                rows = [task.train[i] for i in idx]
-                ro = generate(
-                    model,
-                    tok,
-                    [r["prompt"] for r in rows],
-                    torch.as_tensor(idx),
-                    n_groups,
-                    cfg.group_size,
-                    **gen_kw,
-                )
-                n_gen += 1
-                n_groups += len(rows)
-                rrows = [task.train[i] for i in ro.prompt_index.tolist()]
-                total, comps = rewards([r["prompt"] for r in rrows], ro.completions, _fields(rrows))
-                ro.rewards, ro.components = total, comps  # type: ignore[attr-defined]
-                informative = A.informative_groups(total, ro.group_ids)
-                zero_var.append(1 - informative.float().mean())
-                if cfg.dynamic_sampling:
-                    ro2 = ro.select(informative)
-                    ro2.rewards, ro2.components = total[informative], comps[informative]  # type: ignore
-                    ro = ro2
-                parts.append(ro)
-                if not cfg.dynamic_sampling or sum(len(p) for p in parts) >= n_prompts * cfg.group_size:
-                    break
-            gen_time = time.time() - t0
-            ro = Rollout.cat(parts)
-            total = torch.cat([p.rewards for p in parts])
-            comps = torch.cat([p.components for p in parts])
-            if cfg.dynamic_sampling:
-                n_keep = min(len(ro), n_prompts * cfg.group_size)
-                ro, total, comps = ro.select(torch.arange(n_keep)), total[:n_keep], comps[:n_keep]
-            if len(ro) == 0:  # every group had identical rewards: nothing to learn from this step
-                logger.log(step, {"groups/zero_variance_frac": torch.stack(zero_var).mean()})
-                bar.update(step)
-                continue
-            lengths = torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float32)
-            n_gen_tokens = float(lengths.sum())
-            raw_total = total.clone()
-            if cfg.overlong_buffer:
-                total = total + A.overlong_penalty(
-                    lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_factor
-                )
-
-            # -- train-time log-probs: pi_old (recomputed), entropy, reference --
-            ids, attn, pos, cmask, P = collate(
-                ro.prompt_ids, ro.completion_ids, tok.pad_token_id, cfg.max_new_tokens
-            )
-            sampler = torch.zeros_like(cmask)
-            for i, lp in enumerate(ro.sampler_logp):
-                sampler[i, : len(lp)] = lp
-            # one optimizer step on freshly sampled data: pi_old == pi_theta, so (like TRL with
-            # num_iterations=1) skip the extra no-grad pass and take log-probs / entropy from the train pass
-            on_policy = (
-                cfg.epochs == 1
-                and cfg.mini_batches == 1
-                and cfg.old_logp == "recompute"
-                and not cfg.forking_top_frac
-                and not d3s_tokens
-                and not cfg.kl_in_reward
-            )
-            with torch.no_grad():
-                set_mode(model, train=False)
-                old_logp = ent = None
-                if not on_policy:
-                    old_logp, ent = token_logp(model, ids, attn, pos, P, cfg.temperature, with_entropy=True)
-                ref_logp = None
-                if ref is not None:
-                    with ref.context():
-                        ref_logp, _ = token_logp(ref.forward_model(), ids, attn, pos, P, cfg.temperature)
-            mismatch = masked_mean((old_logp - sampler).abs(), cmask) if old_logp is not None else None
-            if cfg.old_logp == "sampler":
-                old_logp = sampler
-
-            # -- advantages (shared registry) and LM-only selection --
-            mask = cmask.clone()
-            if cfg.mask_truncated:
-                mask = mask * (~ro.truncated).float()[:, None]
-            ain = AdvantageInputs(
-                rewards=total,
-                group_ids=ro.group_ids,
-                mask=cmask,
-                reward_components=comps,
-                component_weights=rewards.weights,
-            )
-            if tracker is not None:
-                ain.values = tracker.value(ro.prompt_index)
-            if cfg.kl_in_reward and ref_logp is not None:
-                ain.token_kl, ain.kl_coef = (old_logp - ref_logp) * cmask, cfg.beta
-            adv, _ = advantage(ain, adv_cfg)
-            if adv.dim() == 1:
-                adv = adv[:, None] * cmask
-            if cfg.seed_alpha:
-                scale = A.semantic_entropy_scale(
-                    [extract_answer(c) for c in ro.completions], ro.group_ids, cfg.seed_alpha
-                )
-                adv = adv * scale[:, None]
-            keep = torch.ones(len(ro), dtype=torch.bool)
-            seq_adv = (adv * cmask).sum(1) / cmask.sum(1).clamp(min=1)
-            select_metrics: dict = {}
-            if cfg.cppo_keep:  # prune each group to its top-k |A|, refill up to the nominal batch
-                fill = A.cppo_fill(seq_adv, ro.group_ids, cfg.cppo_keep, batch_target)
-                keep = torch.zeros(len(ro), dtype=torch.bool).index_fill_(0, fill, True)
-                select_metrics["select/cppo_extra_prompts"] = float(cppo_extra)
-                select_metrics["select/cppo_kept_frac"] = float(len(fill)) / len(ro)
-            if cfg.d3s_keep:
-                keep &= A.d3s_select(seq_adv, ro.group_ids, cfg.d3s_keep)
-            if cfg.forking_top_frac:
-                mask = A.high_entropy_mask(ent, mask, cfg.forking_top_frac)
-            if d3s_tokens:  # within the kept rollouts, only the top |A| * H tokens carry loss
-                ratio = A.d3s_keep_ratio(step, cfg.total_steps, cfg.d3s_token_ratio_start, cfg.d3s_token_ratio_end)
-                before = mask * keep[:, None].to(mask.dtype)
-                mask = A.d3s_token_mask(adv, ent, before, ratio)
-                select_metrics["select/d3s_token_ratio"] = ratio
-                select_metrics["select/d3s_token_frac"] = float(mask.sum()) / max(float(before.sum()), 1.0)
-            if tracker is not None:  # SPO: per-prompt drift of the policy since the prompt's last visit
-                drift = torch.zeros(len(ro))
-                rows, last_comps, logp_then = tracker.stored(ro.prompt_index)
-                if len(rows):
-                    d_ids, d_attn, d_pos, d_mask, d_P = collate(
-                        [ro.prompt_ids[i] for i in rows.tolist()], last_comps, tok.pad_token_id, cfg.max_new_tokens
-                    )
-                    with torch.no_grad():
-                        now, _ = token_logp(model, d_ids, d_attn, d_pos, d_P, cfg.temperature)
-                    drift[rows] = A.spo_policy_drift(logp_then, now, d_mask)
-                tracker.update(ro.prompt_index, raw_total.clamp(0, 1), drift)
-                tracker.remember(ro.prompt_index, ro.completion_ids, ro.sampler_logp)
-                select_metrics["spo/drift_mean"] = float(drift[rows].mean()) if len(rows) else 0.0
-            sel = keep.nonzero().flatten()
-            ids, attn, pos, mask, adv = ids[sel], attn[sel], pos[sel], mask[sel], adv[sel]
-            old_logp = old_logp[sel] if old_logp is not None else None
-            cmask_sel = cmask[sel]
-            on_policy_logp = torch.zeros_like(cmask_sel) if on_policy else None
-            on_policy_ent = torch.zeros_like(cmask_sel) if on_policy else None
-            ref_sel = ref_logp[sel] if ref_logp is not None else None
-
-            # -- optimize: epochs x mini-batches x micro-batches, global aggregation denominators --
-            t1 = time.time()
-            set_mode(model, train=True)
-            B = len(sel)
-            stats_acc: dict[str, list[torch.Tensor]] = {}
-            const_len = cfg.const_len or cfg.max_new_tokens
-            for _epoch in range(cfg.epochs):
-                perm = torch.randperm(B)
-                for mb in torch.tensor_split(perm, min(cfg.mini_batches, B)):
-                    agg = Aggregator.for_batch(cfg.aggregation, mask[mb], const_len)
-                    opt.zero_grad(set_to_none=True)
-                    for mic in torch.split(mb, cfg.micro_batch_size):
-                        logp, ent_new = token_logp(
-                            model,
-                            ids[mic],
-                            attn[mic],
-                            pos[mic],
-                            P,
-                            cfg.temperature,
-                            with_entropy=cfg.ent_coef > 0 or on_policy,
-                        )
-                        if on_policy:
-                            on_policy_logp[mic] = logp.detach()
-                            on_policy_ent[mic] = ent_new.detach()
-                        pb = PolicyBatch(
-                            logp,
-                            logp.detach() if on_policy else old_logp[mic],
-                            adv[mic],
-                            mask[mic],
-                            logp_ref=None if ref_sel is None else ref_sel[mic],
-                        )
-                        pl, stats = policy_loss(pb, cfg.loss, agg)
-                        loss = pl
-                        if ref_sel is not None and not cfg.kl_in_reward:
-                            kl = agg(kl_penalty(logp, ref_sel[mic], cfg.kl_estimator), mask[mic])
-                            loss = loss + cfg.beta * kl
-                            stats["kl_loss"] = kl.detach()
-                        if cfg.ent_coef > 0:
-                            loss = loss - cfg.ent_coef * agg(ent_new, mask[mic])
-                        loss.backward()
-                        stats["loss/policy"], stats["loss/total"] = pl.detach(), loss.detach()
-                        for k, v in stats.items():
-                            stats_acc.setdefault(k, []).append(v)
-                    if cfg.max_grad_norm is not None:
-                        stats_acc.setdefault("grad_norm", []).append(
-                            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                        )
-                    opt.step()
-            train_time = time.time() - t1
-            if on_policy:  # statistics over the trained rows, from the train pass
-                old_logp, ent, cmask = on_policy_logp, on_policy_ent, cmask_sel
-                mismatch = masked_mean((old_logp - sampler[sel]).abs(), cmask)
-
-            # -- check, log (one host sync), samples, checkpoint --
-            if not bool(torch.isfinite(torch.stack(stats_acc["loss/total"])).all()):
-                raise NonFiniteLoss(
-                    f"non-finite loss at RL step {step}; parameters not saved, last good "
-                    f"checkpoint: {ckpt_path}"
-                )
-            sums = {k: torch.stack(v).float() for k, v in stats_acc.items()}
-            m_adv = adv[mask > 0] if (mask > 0).any() else torch.zeros(1)
-            metrics = {
-                "reward/mean": total.mean(),
-                "reward/std": total.std() if len(total) > 1 else torch.tensor(0.0),
-                **{f"reward/{n}_mean": comps[:, j].mean() for j, n in enumerate(rewards.names)},
-                **{
-                    f"reward/{n}_std": comps[:, j].std() if len(comps) > 1 else torch.tensor(0.0)
-                    for j, n in enumerate(rewards.names)
-                },
-                "groups/zero_variance_frac": torch.stack(zero_var).mean(),
-                "groups/gen_batches": float(n_gen),
-                "adv/mean": m_adv.mean(),
-                "adv/std": m_adv.std() if m_adv.numel() > 1 else torch.tensor(0.0),
-                "adv/abs_max": m_adv.abs().max(),
-                "stats/clip_frac_low": sums["clip_frac_low"].mean() if "clip_frac_low" in sums else 0.0,
-                "stats/clip_frac_high": sums["clip_frac_high"].mean() if "clip_frac_high" in sums else 0.0,
-                "stats/approx_kl": sums["approx_kl"].mean(),
-                "stats/kl_ref": masked_mean(kl_penalty(old_logp, ref_sel, cfg.kl_estimator), mask)
-                if ref_sel is not None
-                else 0.0,
-                "stats/entropy": masked_mean(ent, cmask),
-                "stats/logp_mismatch": mismatch,
-                "completion/len_mean": lengths.mean(),
-                "completion/len_max": lengths.max(),
-                "completion/truncation_rate": ro.truncated.float().mean(),
-                "perf/gen_tokens_per_s": n_gen_tokens / max(gen_time, 1e-9),
-                "perf/train_tokens_per_s": float(mask.sum()) * cfg.epochs / max(train_time, 1e-9),
-                "loss/policy": sums["loss/policy"].mean(),
-                "loss/total": sums["loss/total"].mean(),
-                "train/keep_frac": keep.float().mean(),
-                "train/lr": lr,
-                "select/train_batch": float(B),
-                **select_metrics,
-            }
-            if "grad_norm" in sums:
-                metrics["stats/grad_norm"] = sums["grad_norm"].mean()
+            metrics, batch = rl_step(parts, step, sample_rng)
             values = logger.log(step, metrics)
-            if cfg.log_samples:
-                with open(samples_path, "a") as f:
-                    for i in range(min(cfg.log_samples, len(ro))):
-                        f.write(
-                            json.dumps(
-                                {
-                                    "step": step,
-                                    "prompt": task.train[int(ro.prompt_index[i])]["prompt"],
-                                    "completion": ro.completions[i],
-                                    "reward": float(total[i]),
-                                    **{n: float(comps[i, j]) for j, n in enumerate(rewards.names)},
-                                }
-                            )
-                            + "\n"
-                        )
+            if batch is not None and cfg.log_samples:
+                _write_samples(run_dir / "samples.jsonl", parts, step, batch)
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.total_steps:
-                logger.log(
-                    step,
-                    {
-                        "eval/accuracy": evaluate_model(model, tok, task.test, rewards, acc_idx, **gen_kw)[
-                            "accuracy"
-                        ]
-                    },
-                )
+                logger.log(step, {"eval/accuracy": parts.evaluate(parts.task.test)["accuracy"]})
             if step % ckpt_every == 0 or step == cfg.total_steps:
                 save()
-            bar.update(step, reward=values["reward/mean"])
+            bar.update(step, reward=values.get("reward/mean"))
 
-    final = evaluate_model(model, tok, task.test, rewards, acc_idx, k=cfg.eval_k, **gen_kw)
+    final = parts.evaluate(parts.task.test, k=cfg.eval_k)
     logger.log(step, {f"eval/{k}": v for k, v in final.items()})
     logger.close()
-    save_pretrained(model, tok, run_dir / "model", lora)
+    save_pretrained(parts.model, parts.tok, run_dir / "model", bool(cfg.lora_r))
     print(f"held-out accuracy after RL: {final['accuracy']:.3f} (before: {acc_before:.3f})", flush=True)
     result = {
         "accuracy_before": acc_before,
@@ -515,9 +540,7 @@ def evaluate_run(
     cfg = resolve(algos.get(info["algo"]).config(), rundir.read_config(run_dir))
     mdir = Path(run_dir) / "model"
     if not (mdir / "config.json").exists():
-        raise UserError(
-            f"run {str(run_dir)!r} has no saved model yet ({mdir} is missing); train it to the end first"
-        )
+        raise UserError(f"run {str(run_dir)!r} has no saved model yet ({mdir} is missing); train it to the end first")
     torch.set_num_threads(cfg.threads)
     _seed_everything(cfg.seed + 10_000)
     task = load_task(cfg.task, cfg.dataset, cfg.seed, cfg.eval_size)
@@ -542,4 +565,4 @@ def evaluate_run(
     return {**res, "prompts": len(rows), "decoding": "sampled" if not deterministic else "greedy"}
 
 
-__all__ = ["train", "evaluate_run", "evaluate_model", "LMConfig"]
+__all__ = ["train", "evaluate_run", "evaluate_model", "LMConfig", "Rollout"]
