@@ -45,9 +45,7 @@ def test_terminated_does_not_bootstrap():
     _episode(buf, "term")
     b = buf.gather(torch.arange(3))
     assert b.terminated.tolist() == [1, 1, 1]
-    target = L.soft_q_target(
-        b.reward, b.terminated, b.discount, torch.full((2, 3), 10.0), torch.zeros(3), 1.0
-    )
+    target = L.soft_q_target(b.reward, b.terminated, b.discount, torch.full((2, 3), 10.0), torch.zeros(3), 1.0)
     torch.testing.assert_close(target, torch.tensor([3.0, 4.0, 4.0]))
 
 
@@ -75,9 +73,7 @@ def test_n_step_per_env_and_wraparound():
     assert len(buf) == 8 and buf.full and buf.pos == 2
     b = buf.gather(torch.tensor([4, 5, 0, 1]))  # rows: 0 = step 4, 1 = step 5, 2 = step 2, 3 = step 3
     # row 2 = step 2 (oldest) of env 0/1; its n-step sum adds step 3 of the same env only
-    torch.testing.assert_close(
-        b.reward, torch.tensor([2 + 0.5 * 3, 102 + 0.5 * 103, 4 + 0.5 * 5, 104 + 0.5 * 105])
-    )
+    torch.testing.assert_close(b.reward, torch.tensor([2 + 0.5 * 3, 102 + 0.5 * 103, 4 + 0.5 * 5, 104 + 0.5 * 105]))
     newest = buf.gather(torch.tensor([2, 3]))  # row 1 = step 5, the newest: no look-ahead past it
     torch.testing.assert_close(newest.reward, torch.tensor([5.0, 105.0]))
     torch.testing.assert_close(newest.discount, torch.tensor([0.5, 0.5]))

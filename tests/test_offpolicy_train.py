@@ -121,3 +121,35 @@ def test_learns_pendulum(tmp_path, algo, steps, seed):
     )
     res = train(cfg, tmp_path)
     assert res["eval_return_mean"] >= -250, res
+
+
+@pytest.mark.parametrize(
+    "algo, sets, words",
+    [
+        ("sac", {"actor_loss": "deterministic"}, ["actor='deterministic'", "mdpo_off, sac"]),
+        ("td3", {"critic": "c51"}, ["'critic_loss'='clipped_double_q'", "c51, c51_min_next"]),
+        ("td3", {"critic_loss": "soft_q"}, ["actor='deterministic'", "clipped_double_q"]),
+        ("sac", {"mdpo_kl_coef": 0.5}, ["mdpo_off", "'sac'"]),
+    ],
+)
+def test_objectives_must_fit_the_networks(algo, sets, words):
+    from policyopt.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        algos.build_config(algo, sets=sets)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_critic_heads_values_and_members():
+    from policyopt.control.networks import C51Ensemble, QEnsemble
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 4)
+    q = QEnsemble(3, 4, (8,), "relu")
+    torch.testing.assert_close(q.values(x), q(x)[..., 0])
+    torch.testing.assert_close(q.values(x, members=slice(0, 1)), q.values(x)[:1])
+    c = C51Ensemble(2, 4, (8,), "relu", v_min=-1.0, v_max=1.0, num_atoms=3)
+    p = c(x).softmax(-1)
+    torch.testing.assert_close(c.values(x), p[..., 2] - p[..., 0])  # support (-1, 0, 1)
+    assert "support" not in c.state_dict()  # derived from the config, not stored

@@ -1,10 +1,11 @@
 """Off-policy actor-critic trainer for Gymnasium: SAC, TD3, DDPG, FastTD3 and off-policy MDPO are presets.
 
-Read top to bottom: config -> networks (tanh-Gaussian or deterministic actor; an ensemble of Q critics,
-scalar or C51-distributional, evaluated in one batched forward) -> set-up (envs, replay buffer,
-optimizers, resume) -> loop: act (random before ``learning_starts``), step the vector env, store the
-transition, then ``utd`` gradient updates per environment step (critic every update; actor,
-temperature and Polyak target update every ``policy_delay`` updates), log, evaluate, checkpoint.
+Read top to bottom: config -> the stateful parts (exploration noise, temperature, the learner: actor,
+critic ensemble, targets, optimizers, with the registered actor and critic losses of
+:mod:`policyopt.losses.actor_critic`) -> the loop: act (random before ``learning_starts``), step the
+vector env, store the transition, then ``utd`` gradient updates per environment step (critic every
+update; actor, temperature and Polyak target update every ``policy_delay`` updates), log, evaluate,
+checkpoint.
 
 Correctness notes:
 - ``terminated`` and ``truncated`` are stored apart; ``next_obs`` is the true final observation on
@@ -31,17 +32,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from policyopt.config import all_positive, in_range, nonneg, opt, optional, positive
 from policyopt.control import evaluation
 from policyopt.control.envs import VECTORIZATION, AutoresetTracker, check_env_id, make_vec_env, seeds_for
-from policyopt.control.networks import ACTIVATIONS, mlp
+from policyopt.control.networks import ACTIVATIONS, ACTORS, CRITICS
 from policyopt.control.normalize import ObsNormalizer
-from policyopt.control.optim import clip_grad_norm
+from policyopt.control.optim import clip_grad_norm, make_optimizer
 from policyopt.control.replay import ReplayBuffer
 from policyopt.errors import NonFiniteLoss, UserError
 from policyopt.losses import actor_critic as L
+from policyopt.losses.actor_critic import ACTOR_LOSSES, CRITIC_LOSSES, ActorBatch, CriticBatch
 from policyopt.runs import rundir
 from policyopt.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from policyopt.runs.files import atomic_write_text
@@ -51,7 +53,7 @@ from policyopt.runs.progress import TrainProgress
 
 @dataclass
 class OffPolicyConfig:
-    """Defaults are Stable-Baselines3's SAC defaults (= Haarnoja et al., 2018b)."""
+    """Defaults are SAC's (Haarnoja et al., 2018b)."""
 
     env_id: str = opt("Pendulum-v1", "Gymnasium environment id", check=check_env_id)
     seed: int = opt(1, "random seed (torch, numpy, environments)")
@@ -62,10 +64,14 @@ class OffPolicyConfig:
     # actor and critics
     actor: str = opt(
         "gaussian",
-        "tanh-squashed Gaussian (SAC) or deterministic tanh (TD3/DDPG)",
-        choices=("gaussian", "deterministic"),
+        "actor network: tanh-squashed Gaussian (SAC) or deterministic tanh (TD3/DDPG)",
+        choices=tuple(ACTORS),
     )
-    critic: str = opt("q", "scalar Q or C51 distributional Q (FastTD3)", choices=("q", "c51"))
+    critic: str = opt("q", "critic network head: scalar Q or C51 distributional Q (FastTD3)", choices=tuple(CRITICS))
+    actor_loss: str = opt("sac", "actor objective (registered; must fit the actor network)", choices=ACTOR_LOSSES)
+    critic_loss: str = opt(
+        "soft_q", "critic target and loss (registered; must fit the critic head and the actor)", choices=CRITIC_LOSSES
+    )
     n_critics: int = opt(2, "Q-networks in the ensemble (min over them in the target)", check=positive)
     actor_hidden: tuple[int, ...] = opt((256, 256), "actor hidden layer sizes", check=all_positive)
     critic_hidden: tuple[int, ...] = opt((256, 256), "critic hidden layer sizes", check=all_positive)
@@ -76,9 +82,7 @@ class OffPolicyConfig:
     # replay and updates
     buffer_size: int = opt(1_000_000, "replay capacity (transitions)", check=positive)
     batch_size: int = opt(256, "minibatch size", check=positive)
-    learning_starts: int = opt(
-        100, "environment steps of uniform random actions before updates", check=nonneg
-    )
+    learning_starts: int = opt(100, "environment steps of uniform random actions before updates", check=nonneg)
     utd: float = opt(1.0, "gradient updates per environment step (update-to-data ratio)", check=positive)
     n_step: int = opt(1, "n-step returns", check=positive)
     gamma: float = opt(0.99, "discount factor", check=in_range(0, 1))
@@ -89,34 +93,38 @@ class OffPolicyConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay (0 = Adam)", check=nonneg)
     max_grad_norm: float | None = opt(None, "gradient norm clipping (None = off)", check=optional(positive))
     # SAC temperature
-    ent_coef: float | None = opt(
-        None, "fixed temperature alpha (None = automatic tuning)", check=optional(nonneg)
-    )
+    ent_coef: float | None = opt(None, "fixed temperature alpha (None = automatic tuning)", check=optional(nonneg))
     alpha_init: float = opt(1.0, "initial temperature for automatic tuning", check=positive)
     alpha_lr: float = opt(3e-4, "temperature learning rate", check=positive)
     target_entropy: float | None = opt(None, "target entropy (None = -|A|)")
     # TD3 exploration and target smoothing
-    exploration_noise: float = opt(
-        0.1, "std of Gaussian exploration noise (deterministic actor)", check=nonneg
-    )
+    exploration_noise: float = opt(0.1, "std of Gaussian exploration noise (deterministic actor)", check=nonneg)
     exploration_noise_max: float | None = opt(
         None,
-        "if set, each sub-env draws its noise std uniformly in "
-        "[exploration_noise, this] at every episode start (FastTD3)",
+        "if set, each sub-env draws its noise std uniformly in [exploration_noise, this] at every episode start",
         check=optional(nonneg),
     )
     exploration_noise_type: str = opt(
-        "gaussian", "deterministic actor's exploration noise: i.i.d. Gaussian, or an Ornstein-Uhlenbeck process "
-        "(temporally correlated, reset at episode ends) with sigma = exploration_noise", choices=("gaussian", "ou"))
+        "gaussian",
+        "deterministic actor's exploration noise: i.i.d. Gaussian, or an Ornstein-Uhlenbeck process "
+        "(temporally correlated, reset at episode ends) with sigma = exploration_noise",
+        choices=("gaussian", "ou"),
+    )
     target_noise: float = opt(0.2, "TD3 target policy smoothing std (0 = DDPG)", check=nonneg)
     target_noise_clip: float = opt(0.5, "TD3 target noise clip", check=nonneg)
+    target_action_from: str = opt(
+        "target",
+        "deterministic actors: the smoothed target action comes from a Polyak-averaged copy of the actor "
+        "('target', TD3) or from the online actor ('online', FastTD3)",
+        choices=("target", "online"),
+    )
     # off-policy MDPO
-    mdpo_kl_coef: float = opt(0.0, "weight of KL(pi || pi_old) in the actor loss (0 = SAC)", check=nonneg)
+    mdpo_kl_coef: float = opt(0.0, "weight of KL(pi || pi_old) in the actor loss [read by: mdpo_off]", check=nonneg)
     mdpo_anneal: bool = opt(
-        True, "MDPO step size t_k = 1 - k/K: the KL weight is mdpo_kl_coef / max(t_k, 0.1)"
+        True, "MDPO step size t_k = 1 - k/K: the KL weight is mdpo_kl_coef / max(t_k, 0.1) [read by: mdpo_off]"
     )
     mdpo_refresh_every: int = opt(
-        1000, "actor updates between copies of the actor into the old actor", check=positive
+        1000, "actor updates between copies of the actor into the old actor [read by: mdpo_off]", check=positive
     )
     # normalization
     norm_obs: bool = opt(False, "running observation normalization (buffer stores raw observations)")
@@ -138,91 +146,216 @@ class OffPolicyConfig:
             raise UserError(f"config key 'v_min'={self.v_min} must be < 'v_max'={self.v_max}")
         if self.critic == "c51" and self.num_atoms < 2:
             raise UserError("config key 'num_atoms' must be >= 2")
-        if self.mdpo_kl_coef > 0 and self.actor != "gaussian":
-            raise UserError("config key 'mdpo_kl_coef' > 0 needs actor='gaussian'")
+        actor_meta, critic_meta = ACTOR_LOSSES.meta(self.actor_loss), CRITIC_LOSSES.meta(self.critic_loss)
+        if actor_meta["actor"] != self.actor:
+            fits = [n for n in ACTOR_LOSSES.names() if ACTOR_LOSSES.meta(n)["actor"] == self.actor]
+            raise UserError(
+                f"config key 'actor_loss'={self.actor_loss!r} needs actor={actor_meta['actor']!r}; "
+                f"with actor={self.actor!r} choose one of: {', '.join(fits)}"
+            )
+        if critic_meta["critic"] != self.critic or self.actor not in critic_meta["actors"]:
+            fits = [
+                n
+                for n in CRITIC_LOSSES.names()
+                if CRITIC_LOSSES.meta(n)["critic"] == self.critic and self.actor in CRITIC_LOSSES.meta(n)["actors"]
+            ]
+            raise UserError(
+                f"config key 'critic_loss'={self.critic_loss!r} does not fit critic={self.critic!r} "
+                f"and actor={self.actor!r}; choose one of: {', '.join(fits)}"
+            )
+        if self.mdpo_kl_coef > 0 and "mdpo_kl_coef" not in actor_meta["hparams"]:
+            readers = [n for n in ACTOR_LOSSES.names() if "mdpo_kl_coef" in ACTOR_LOSSES.meta(n)["hparams"]]
+            raise UserError(
+                f"config key 'mdpo_kl_coef'={self.mdpo_kl_coef} is read only by actor_loss in "
+                f"{readers}; actor_loss is {self.actor_loss!r}"
+            )
 
 
-# ---- networks ---------------------------------------------------------------------------------------
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # SB3's bounds
+# ---- stateful parts -----------------------------------------------------------------------------------
+class ExplorationNoise:
+    """The deterministic actor's exploration process over ``N`` sub-envs: per-env std (redrawn uniformly in
+    ``[exploration_noise, exploration_noise_max]`` at each episode start when the maximum is set) and the
+    Ornstein-Uhlenbeck state (reset to 0 at episode ends). Draws from the global torch generator."""
+
+    def __init__(self, cfg: OffPolicyConfig, num_envs: int, act_dim: int, device):
+        self.lo, self.hi, self.ou = cfg.exploration_noise, cfg.exploration_noise_max, cfg.exploration_noise_type == "ou"
+        self.std = torch.full((num_envs, 1), cfg.exploration_noise, device=device)
+        self.ou_state = torch.zeros((num_envs, act_dim), device=device)
+
+    def reset(self, mask: Tensor) -> None:
+        """New episodes in the sub-envs of ``mask`` (bool ``(N,)``)."""
+        if self.hi is not None:
+            self.std[mask] = self.lo + (self.hi - self.lo) * torch.rand((int(mask.sum()), 1), device=self.std.device)
+        self.ou_state[mask] = 0.0
+
+    def sample(self) -> Tensor:
+        """The next ``(N, act_dim)`` exploration noise."""
+        eps = torch.randn(self.ou_state.shape, device=self.std.device)
+        if self.ou:
+            self.ou_state.copy_(L.ou_step(self.ou_state, self.std, eps))
+            return self.ou_state
+        return self.std * eps
+
+    def state_dict(self) -> dict:
+        return {"noise_std": self.std, "ou_noise": self.ou_state}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.std.copy_(s["noise_std"])
+        self.ou_state.copy_(s["ou_noise"])
 
 
-class GaussianActor(nn.Module):
-    """``obs -> (mean, log_std)`` of a Gaussian squashed by tanh into [-1, 1] (SAC)."""
+class Temperature:
+    """SAC's entropy temperature ``alpha = exp(log_alpha)``: learned (``ent_coef`` None) or fixed."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden, activation: str):
-        super().__init__()
-        self.net = mlp(obs_dim, hidden, 2 * act_dim, activation, ortho_init=False)
+    def __init__(self, cfg: OffPolicyConfig, act_dim: int, device):
+        self.learn = cfg.ent_coef is None
+        init = cfg.alpha_init if self.learn else max(cfg.ent_coef, 1e-30)
+        self.log_alpha = torch.tensor(math.log(init), device=device, requires_grad=self.learn)
+        self.opt = make_optimizer("adam", [self.log_alpha], cfg.alpha_lr) if self.learn else None
+        self.target_entropy = float(-act_dim if cfg.target_entropy is None else cfg.target_entropy)
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        mean, log_std = self.net(obs).chunk(2, -1)
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.detach().exp()
 
-    def sample(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Returns ``(action in [-1, 1], log_prob, pre-tanh u, noise)``."""
-        mean, log_std = self(obs)
-        noise = torch.randn_like(mean)
-        a, logp = L.tanh_gaussian_sample(mean, log_std, noise)
-        return a, logp, mean + log_std.exp() * noise, noise
+    def update(self, logp: Tensor) -> None:
+        if not self.learn:
+            return
+        loss = L.temperature_loss(self.log_alpha, logp, self.target_entropy)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
 
-    def mode(self, obs: Tensor) -> Tensor:
-        return torch.tanh(self(obs)[0])
+    def state_dict(self) -> dict:
+        return {"log_alpha": self.log_alpha.detach(), **({"opt": self.opt.state_dict()} if self.learn else {})}
 
-
-class DeterministicActor(nn.Module):
-    """``obs -> tanh(mlp(obs))`` in [-1, 1] (TD3/DDPG)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden, activation: str):
-        super().__init__()
-        self.net = mlp(obs_dim, hidden, act_dim, activation, ortho_init=False)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        return torch.tanh(self.net(obs))
-
-    mode = forward
+    def load_state_dict(self, s: dict) -> None:
+        with torch.no_grad():
+            self.log_alpha.copy_(s["log_alpha"])
+        if self.learn:
+            self.opt.load_state_dict(s["opt"])
 
 
-class EnsembleMLP(nn.Module):
-    """``E`` independent MLPs evaluated in one batched matmul per layer (``baddbmm``); each member is
-    initialized like ``nn.Linear`` (uniform +-1/sqrt(fan_in)). ``x: (B, d) -> (E, B, out)``."""
-
-    def __init__(self, E: int, in_dim: int, hidden, out_dim: int, activation: str):
-        super().__init__()
-        dims = [in_dim, *hidden, out_dim]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
-            bound = 1.0 / math.sqrt(d_in)
-            self.weights.append(nn.Parameter(torch.empty(E, d_in, d_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(E, 1, d_out).uniform_(-bound, bound)))
-        self.act = ACTIVATIONS[activation]()
-
-    def forward(self, x: Tensor, detach: bool = False, members: slice | None = None) -> Tensor:
-        """``detach``: no gradient to the critic's parameters (actor loss); ``members``: a subset."""
-        n = len(self.weights)
-        h = x
-        for i in range(n):
-            w, b = self.weights[i], self.biases[i]
-            if members is not None:
-                w, b = w[members], b[members]
-            if detach:
-                w, b = w.detach(), b.detach()
-            h = torch.baddbmm(b, h if h.dim() == 3 else h.expand(w.shape[0], *h.shape), w)
-            if i < n - 1:
-                h = self.act(h)
-        return h
+def _optimizer(cfg: OffPolicyConfig, params, lr: float):
+    return make_optimizer("adamw" if cfg.weight_decay > 0 else "adam", params, lr, weight_decay=cfg.weight_decay)
 
 
-def _optim(params, lr: float, weight_decay: float):
-    kw = dict(lr=lr, fused=True) if torch.device("cpu").type == "cpu" else dict(lr=lr)
-    if weight_decay > 0:
-        return torch.optim.AdamW(params, weight_decay=weight_decay, **kw)
-    return torch.optim.Adam(params, **kw)
+class Learner:
+    """Actor, critic ensemble, their targets and optimizers, the temperature and the MDPO old actor, with
+    the registered actor and critic losses; :meth:`update` is one gradient update from a replay batch."""
 
+    def __init__(self, cfg: OffPolicyConfig, obs_dim: int, act_dim: int, total_actor_updates: int, device):
+        self.cfg, self.total_actor_updates = cfg, total_actor_updates
+        self.actor_meta, critic_meta = ACTOR_LOSSES.meta(cfg.actor_loss), CRITIC_LOSSES.meta(cfg.critic_loss)
+        self.actor_loss, self.critic_loss = ACTOR_LOSSES.get(cfg.actor_loss), CRITIC_LOSSES.get(cfg.critic_loss)
+        self.actor = build_actor(cfg, obs_dim, act_dim).to(device)
+        self.critic = CRITICS[cfg.critic](
+            cfg.n_critics,
+            obs_dim + act_dim,
+            cfg.critic_hidden,
+            cfg.activation,
+            v_min=cfg.v_min,
+            v_max=cfg.v_max,
+            num_atoms=cfg.num_atoms,
+        ).to(device)
+        self.critic_t = copy.deepcopy(self.critic).requires_grad_(False)
+        smoothed_from_target = cfg.actor == "deterministic" and cfg.target_action_from == "target"
+        self.actor_t = copy.deepcopy(self.actor).requires_grad_(False) if smoothed_from_target else None
+        self.old_actor = (
+            copy.deepcopy(self.actor).requires_grad_(False) if "logp_old" in self.actor_meta["needs"] else None
+        )
+        self.actor_opt = _optimizer(cfg, self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = _optimizer(cfg, self.critic.parameters(), cfg.critic_lr)
+        self.temperature = Temperature(cfg, act_dim, device) if self.actor_meta["temperature"] else None
+        self.q_members = slice(0, 1) if self.actor_meta["q_members"] == "first" else None
+        self.support = (
+            {"support": self.critic.support, "v_min": cfg.v_min, "v_max": cfg.v_max}
+            if "support" in critic_meta["needs"]
+            else {}
+        )
+        self.crit_params, self.crit_t_params = list(self.critic.parameters()), list(self.critic_t.parameters())
+        self.act_params = list(self.actor.parameters())
+        self.act_t_params = list(self.actor_t.parameters()) if self.actor_t is not None else []
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    # ---- one gradient update ---------------------------------------------------------------------------
+    def update(self, buffer: ReplayBuffer, obs_norm: ObsNormalizer, num_updates: int) -> dict[str, Tensor]:
+        """Update ``num_updates`` (1-based): the critic; every ``policy_delay``-th also the actor, the
+        temperature and the Polyak targets."""
+        cfg = self.cfg
+        b = buffer.sample(cfg.batch_size)
+        obs, next_obs = obs_norm(b.obs), obs_norm(b.next_obs)
+        alpha = self.temperature.alpha if self.temperature is not None else 0.0
+        stats = self._critic_step(b, obs, next_obs, alpha)
+        if num_updates % cfg.policy_delay == 0:
+            stats.update(self._actor_step(obs, alpha, self._kl_weight(num_updates // cfg.policy_delay)))
+            L.polyak_update(self.crit_t_params, self.crit_params, cfg.tau)
+            if self.actor_t is not None:
+                L.polyak_update(self.act_t_params, self.act_params, cfg.tau)
+        return stats
+
+    def _critic_step(self, b, obs: Tensor, next_obs: Tensor, alpha) -> dict[str, Tensor]:
+        cfg = self.cfg
+        with torch.no_grad():
+            source = self.actor_t if self.actor_t is not None else self.actor
+            next_a, next_logp = source.target_action(next_obs, cfg.target_noise, cfg.target_noise_clip)
+            next_out = self.critic_t(torch.cat([next_obs, next_a], -1))
+        out = self.critic(torch.cat([obs, b.action], -1))
+        weight = b.valid / b.valid.sum().clamp_min(1.0)  # mask the autoreset step
+        batch = CriticBatch(b.reward, b.terminated, b.discount, weight, next_out, next_logp, alpha, **self.support)
+        loss, st = self.critic_loss(out, batch)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            clip_grad_norm(self.crit_params, cfg.max_grad_norm)
+        self.critic_opt.step()
+        return {"loss/critic": loss.detach(), **{f"stats/{k}": v for k, v in st.items()}}
+
+    def _actor_step(self, obs: Tensor, alpha, kl_coef: float) -> dict[str, Tensor]:
+        """Actor (and temperature) through the freshly updated critic, its parameters detached."""
+        s = self.actor.rsample(obs)
+        q = self.critic.values(torch.cat([obs, s.action], -1), detach=True, members=self.q_members)
+        logp_old = None
+        if self.old_actor is not None:
+            with torch.no_grad():
+                mean_old, log_std_old = self.old_actor(obs)
+            u = s.mean + s.log_std.exp() * s.noise
+            logp_old = s.logp - L.gaussian_log_ratio(s.noise, s.log_std, mean_old, log_std_old, u)
+        loss, st = self.actor_loss(ActorBatch(q, s.logp, logp_old, alpha, kl_coef))
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.max_grad_norm is not None:
+            clip_grad_norm(self.act_params, self.cfg.max_grad_norm)
+        self.actor_opt.step()
+        stats = {"loss/actor": loss.detach(), **{f"stats/{k}": v for k, v in st.items()}}
+        if self.temperature is not None:
+            self.temperature.update(s.logp)
+            stats["stats/alpha"] = alpha
+        return stats
+
+    def _kl_weight(self, k: int) -> float:
+        """MDPO: the KL weight at actor update ``k``; copies the actor into the old actor every
+        ``mdpo_refresh_every`` actor updates (before the update)."""
+        if self.old_actor is None:
+            return 0.0
+        cfg = self.cfg
+        if k % cfg.mdpo_refresh_every == 0:
+            torch._foreach_copy_(list(self.old_actor.parameters()), self.act_params)
+        return L.mdpo_kl_weight(cfg.mdpo_kl_coef, k, self.total_actor_updates, cfg.mdpo_anneal)
+
+    # ---- state ---------------------------------------------------------------------------------------------
+    def parts(self) -> dict:
+        """The named stateful parts (``state_dict``/``load_state_dict``) this learner has."""
+        parts = {
+            "actor": self.actor,
+            "critic": self.critic,
+            "critic_target": self.critic_t,
+            "actor_target": self.actor_t,
+            "old_actor": self.old_actor,
+            "actor_opt": self.actor_opt,
+            "critic_opt": self.critic_opt,
+            "temperature": self.temperature,
+        }
+        return {k: v for k, v in parts.items() if v is not None}
 
 
 def _spaces_check(observation_space, action_space) -> tuple[int, int]:
@@ -236,15 +369,12 @@ def _spaces_check(observation_space, action_space) -> tuple[int, int]:
         and np.isfinite(action_space.low).all()
         and np.isfinite(action_space.high).all()
     ):
-        raise UserError(
-            f"action space {action_space} is not supported; off-policy presets need a bounded 1-D Box"
-        )
+        raise UserError(f"action space {action_space} is not supported; off-policy presets need a bounded 1-D Box")
     return int(observation_space.shape[0]), int(action_space.shape[0])
 
 
-def build_actor(cfg: OffPolicyConfig, obs_dim: int, act_dim: int) -> nn.Module:
-    cls = GaussianActor if cfg.actor == "gaussian" else DeterministicActor
-    return cls(obs_dim, act_dim, cfg.actor_hidden, cfg.activation)
+def build_actor(cfg: OffPolicyConfig, obs_dim: int, act_dim: int):
+    return ACTORS[cfg.actor](obs_dim, act_dim, cfg.actor_hidden, cfg.activation)
 
 
 def _action_scaler(action_space, device):
@@ -253,346 +383,207 @@ def _action_scaler(action_space, device):
     return lambda a: low + (a + 1.0) * 0.5 * (high - low)
 
 
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 # ---- training ---------------------------------------------------------------------------------------
-def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> dict:
-    torch.set_num_threads(cfg.threads)
-    run_dir = Path(run_dir)
-    device = torch.device(cfg.device)
-    _seed_everything(cfg.seed)
+class _Trainer:
+    """The training loop's state and phases: :meth:`collect` (act and store one vector step),
+    :meth:`learn` (the ``utd`` gradient updates it earned), :meth:`log`, :meth:`evaluate`, :meth:`save`."""
 
-    # ---- set-up ----------------------------------------------------------------------------------
-    N = cfg.num_envs
-    envs = make_vec_env(cfg.env_id, N, cfg.seed, cfg.vectorization, cfg.env_kwargs)
-    obs_dim, act_dim = _spaces_check(envs.single_observation_space, envs.single_action_space)
-    to_env = _action_scaler(envs.single_action_space, device)
-    gaussian, c51 = cfg.actor == "gaussian", cfg.critic == "c51"
-    actor = build_actor(cfg, obs_dim, act_dim).to(device)
-    q_out = cfg.num_atoms if c51 else 1
-    critic = EnsembleMLP(cfg.n_critics, obs_dim + act_dim, cfg.critic_hidden, q_out, cfg.activation).to(
-        device
-    )
-    critic_t = copy.deepcopy(critic).requires_grad_(False)
-    actor_t = None if gaussian else copy.deepcopy(actor).requires_grad_(False)
-    old_actor = copy.deepcopy(actor).requires_grad_(False) if cfg.mdpo_kl_coef > 0 else None
-    actor_opt = _optim(actor.parameters(), cfg.actor_lr, cfg.weight_decay)
-    critic_opt = _optim(critic.parameters(), cfg.critic_lr, cfg.weight_decay)
-    auto_alpha = gaussian and cfg.ent_coef is None
-    log_alpha = torch.tensor(
-        math.log(cfg.alpha_init if auto_alpha else max(cfg.ent_coef or 0.0, 1e-30)),
-        device=device,
-        requires_grad=auto_alpha,
-    )
-    alpha_opt = _optim([log_alpha], cfg.alpha_lr, 0.0) if auto_alpha else None
-    target_entropy = float(-act_dim if cfg.target_entropy is None else cfg.target_entropy)
-    obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
-    buffer = ReplayBuffer(cfg.buffer_size, N, obs_dim, act_dim, cfg.n_step, cfg.gamma, device)
-    z_support = torch.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms, device=device) if c51 else None
-    crit_params, crit_t_params = list(critic.parameters()), list(critic_t.parameters())
-    act_params = list(actor.parameters())
-    act_t_params = list(actor_t.parameters()) if actor_t is not None else []
+    def __init__(self, cfg: OffPolicyConfig, run_dir: Path, resume: bool):
+        self.cfg, self.run_dir, self.device = cfg, run_dir, torch.device(cfg.device)
+        N = self.N = cfg.num_envs
+        self.envs = make_vec_env(cfg.env_id, N, cfg.seed, cfg.vectorization, cfg.env_kwargs)
+        obs_dim, self.act_dim = _spaces_check(self.envs.single_observation_space, self.envs.single_action_space)
+        self.to_env = _action_scaler(self.envs.single_action_space, self.device)
+        self.num_vec_steps = math.ceil(cfg.total_steps / N)
+        total_actor_updates = max(1, int(self.num_vec_steps * N * cfg.utd) // cfg.policy_delay)
+        self.learner = Learner(cfg, obs_dim, self.act_dim, total_actor_updates, self.device)
+        self.obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
+        self.buffer = ReplayBuffer(cfg.buffer_size, N, obs_dim, self.act_dim, cfg.n_step, cfg.gamma, self.device)
+        self.noise = ExplorationNoise(cfg, N, self.act_dim, self.device)
+        self.ckpt_every = max(1, cfg.checkpoint_every // N) if cfg.checkpoint_every else self.num_vec_steps
+        self.eval_every = max(1, cfg.eval_every // N) if cfg.eval_every else None
+        self.log_every = max(1, cfg.log_every // N)
+        self.start_vec_steps = math.ceil(cfg.learning_starts / N)
+        self.ckpt_path = rundir.checkpoint_path(run_dir)
+        self.vec_step, self.num_updates, self.credit, self.env_epoch = 0, 0, 0.0, 0
+        self.recent = collections.deque(maxlen=100)  # (return, length) of finished training episodes
+        rows = None
+        if resume:
+            rows = self._restore()
+        else:
+            self.noise.reset(torch.ones(N, dtype=torch.bool))
+        self.logger = MetricLogger(
+            run_dir, cfg.tensorboard, resume_step=self.vec_step * N if resume else None, resume_rows=rows
+        )
+        self.tracker = AutoresetTracker(N)
+        self.stats_acc: dict[str, list[Tensor]] = collections.defaultdict(list)
+        self.episodes_since_log: list[tuple[float, int]] = []
+        self.last_eval = None
 
-    num_vec_steps = math.ceil(cfg.total_steps / N)
-    ckpt_every = max(1, cfg.checkpoint_every // N) if cfg.checkpoint_every else num_vec_steps
-    eval_every = max(1, cfg.eval_every // N) if cfg.eval_every else None
-    log_every = max(1, cfg.log_every // N)
-    start_vec_steps = math.ceil(cfg.learning_starts / N)
-    ckpt_path = rundir.checkpoint_path(run_dir)
-    noise_std = torch.full((N, 1), cfg.exploration_noise, device=device)
-    ou_noise = torch.zeros((N, act_dim), device=device)  # the OU process's state (exploration_noise_type=ou)
+    def _parts(self) -> dict:
+        return {**self.learner.parts(), "obs_norm": self.obs_norm, "exploration": self.noise}
 
-    def draw_noise_std(mask: Tensor) -> None:
-        if cfg.exploration_noise_max is not None:
-            lo, hi = cfg.exploration_noise, cfg.exploration_noise_max
-            noise_std[mask] = lo + (hi - lo) * torch.rand((int(mask.sum()), 1), device=device)
-
-    vec_step, num_updates, credit, env_epoch = 0, 0, 0.0, 0
-    recent = collections.deque(maxlen=100)  # (return, length) of finished training episodes
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        for mod, key in (
-            (actor, "actor"),
-            (critic, "critic"),
-            (critic_t, "critic_target"),
-            (actor_t, "actor_target"),
-            (old_actor, "old_actor"),
-        ):
-            if mod is not None:
-                mod.load_state_dict(state[key])
-        actor_opt.load_state_dict(state["actor_opt"])
-        critic_opt.load_state_dict(state["critic_opt"])
-        with torch.no_grad():
-            log_alpha.copy_(state["log_alpha"])
-        if alpha_opt is not None:
-            alpha_opt.load_state_dict(state["alpha_opt"])
-        obs_norm.load_state_dict(state["obs_norm"])
+    def _restore(self) -> int | None:
+        state = load_checkpoint(self.ckpt_path)
+        for name, part in self._parts().items():
+            part.load_state_dict(state[name])
         if "buffer" in state:
-            buffer.load_state_dict(state["buffer"])
-        noise_std.copy_(state["noise_std"])
-        if "ou_noise" in state:
-            ou_noise.copy_(state["ou_noise"])
+            self.buffer.load_state_dict(state["buffer"])
         set_rng_state(state["rng"])
         c = state["counters"]
-        vec_step, num_updates, credit, env_epoch = (
+        self.vec_step, self.num_updates, self.credit, self.env_epoch = (
             c["vec_step"],
             c["num_updates"],
             c["credit"],
             c["env_epoch"],
         )
-        recent.extend(tuple(x) for x in state["recent"])
-        if vec_step >= num_vec_steps:
-            rundir.check_budget_left(run_dir, vec_step * N)
-    else:
-        draw_noise_std(torch.ones(N, dtype=torch.bool))
-    logger = MetricLogger(run_dir, cfg.tensorboard, resume_step=vec_step * N if resume else None,
-                          resume_rows=state.get("metrics_rows") if resume else None)
-    tracker = AutoresetTracker(N)
+        self.recent.extend(tuple(x) for x in state["recent"])
+        if self.vec_step >= self.num_vec_steps:
+            rundir.check_budget_left(self.run_dir, self.vec_step * self.N)
+        return state.get("metrics_rows")
 
-    def begin_env_epoch(epoch: int) -> Tensor:
-        """(Re-)seed and reset every sub-env; called at start, after each checkpoint and on resume."""
-        raw, _ = envs.reset(seed=seeds_for(cfg.seed, N, epoch))
-        tracker.reset()
-        return torch.as_tensor(raw, dtype=torch.float32, device=device)
-
-    def act_eval(raw_obs: Tensor) -> Tensor:
-        return to_env(actor.mode(obs_norm(raw_obs.to(device)))).cpu()
-
-    def run_eval() -> dict:
-        with torch.no_grad():
-            res = evaluation.evaluate(
-                act_eval, cfg.env_id, cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs
-            )
-        logger.log(vec_step * N, {f"eval/{k}": v for k, v in res.items() if k != "episodes"})
-        return res
-
-    def save() -> None:
-        nets = {
-            "actor": actor.state_dict(),
-            "critic": critic.state_dict(),
-            "critic_target": critic_t.state_dict(),
+    def save(self) -> None:
+        extra = {"buffer": self.buffer.state_dict()} if self.cfg.save_buffer else {}
+        counters = {
+            "vec_step": self.vec_step,
+            "num_updates": self.num_updates,
+            "credit": self.credit,
+            "env_epoch": self.env_epoch,
         }
-        if actor_t is not None:
-            nets["actor_target"] = actor_t.state_dict()
-        if old_actor is not None:
-            nets["old_actor"] = old_actor.state_dict()
-        extra = {"buffer": buffer.state_dict()} if cfg.save_buffer else {}
         save_checkpoint(
-            ckpt_path,
+            self.ckpt_path,
             {
-                **nets,
+                **{name: part.state_dict() for name, part in self._parts().items()},
                 **extra,
-                "actor_opt": actor_opt.state_dict(),
-                "critic_opt": critic_opt.state_dict(),
-                "log_alpha": log_alpha.detach(),
-                "metrics_rows": logger.rows,
-                "obs_norm": obs_norm.state_dict(),
-                "noise_std": noise_std,
-                "ou_noise": ou_noise,
+                "metrics_rows": self.logger.rows,
                 "rng": rng_state(),
-                "recent": [list(x) for x in recent],
-                **({"alpha_opt": alpha_opt.state_dict()} if alpha_opt is not None else {}),
-                "counters": {
-                    "vec_step": vec_step,
-                    "num_updates": num_updates,
-                    "credit": credit,
-                    "env_epoch": env_epoch,
-                },
+                "recent": [list(x) for x in self.recent],
+                "counters": counters,
             },
         )
 
-    # ---- one gradient update -----------------------------------------------------------------------
-    def q_values(obs: Tensor, act: Tensor, net: EnsembleMLP, **kw) -> Tensor:
-        """``(E, B)`` expected Q (for C51 the mean of the support under the predicted distribution)."""
-        out = net(torch.cat([obs, act], -1), **kw)
-        return (out.softmax(-1) * z_support).sum(-1) if c51 else out.squeeze(-1)
+    def begin_env_epoch(self) -> None:
+        """(Re-)seed and reset every sub-env; called at start, after each checkpoint and on resume."""
+        raw, _ = self.envs.reset(seed=seeds_for(self.cfg.seed, self.N, self.env_epoch))
+        self.tracker.reset()
+        self.obs = torch.as_tensor(raw, dtype=torch.float32, device=self.device)
 
-    def update(do_actor: bool, kl_coef: float) -> dict[str, Tensor]:
-        b = buffer.sample(cfg.batch_size)
-        obs, next_obs = obs_norm(b.obs), obs_norm(b.next_obs)
-        alpha = log_alpha.detach().exp()
-        # critic
+    # ---- phases -----------------------------------------------------------------------------------------
+    def collect(self) -> None:
+        """Act (uniformly at random before ``learning_starts``), step the envs, store the transition."""
+        cfg, actor = self.cfg, self.learner.actor
         with torch.no_grad():
-            if gaussian:
-                next_a, next_logp, _, _ = actor.sample(next_obs)
+            if self.vec_step < self.start_vec_steps:
+                action = torch.rand((self.N, self.act_dim), device=self.device) * 2.0 - 1.0
             else:
-                next_a = L.smoothed_target_action(actor_t(next_obs), cfg.target_noise, cfg.target_noise_clip)
-            next_out = critic_t(torch.cat([next_obs, next_a], -1))
-            if c51:
-                probs = next_out.softmax(-1)  # (E, B, K); clipped double Q: the member with the smaller mean
-                pick = (probs * z_support).sum(-1).argmin(0)  # (B,)
-                next_probs = probs.gather(0, pick.view(1, -1, 1).expand(1, *probs.shape[1:]))[0]
-                target = L.c51_projection(
-                    next_probs, b.reward, b.terminated, b.discount, cfg.v_min, cfg.v_max
-                )
-            elif gaussian:
-                target = L.soft_q_target(
-                    b.reward, b.terminated, b.discount, next_out.squeeze(-1), next_logp, alpha
-                )
-            else:
-                target = L.clipped_double_q_target(b.reward, b.terminated, b.discount, next_out.squeeze(-1))
-        out = critic(torch.cat([obs, b.action], -1))
-        w = b.valid / b.valid.sum().clamp_min(1.0)  # mask the autoreset step
-        if c51:
-            ce = -(target * torch.log_softmax(out, -1)).sum(-1)  # (E, B)
-            critic_loss = (ce * w).sum()
-            q_mean = ((out.softmax(-1) * z_support).sum(-1)).mean()
-        else:
-            q = out.squeeze(-1)
-            critic_loss = 0.5 * ((q - target).pow(2) * w).sum()  # SB3: 0.5 * sum of the critics' MSEs
-            q_mean = q.detach().mean()
-        critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        if cfg.max_grad_norm is not None:
-            clip_grad_norm(crit_params, cfg.max_grad_norm)
-        critic_opt.step()
-        stats = {"loss/critic": critic_loss.detach(), "stats/q_mean": q_mean.detach()}
-        if not do_actor:
-            return stats
-        # actor (and temperature), through the freshly updated critic with its parameters detached
-        if gaussian:
-            mean, log_std = actor(obs)
-            noise = torch.randn_like(mean)
-            a, logp = L.tanh_gaussian_sample(mean, log_std, noise)
-            q_pi = q_values(obs, a, critic, detach=True).min(0).values
-            if old_actor is not None:
-                # log pi - log pi_old at the same pre-tanh u: the tanh Jacobian and constants cancel
-                with torch.no_grad():
-                    m_old, ls_old = old_actor(obs)
-                u = mean + log_std.exp() * noise
-                logp_g = (-0.5 * noise.pow(2) - log_std).sum(-1)
-                logp_old = (-0.5 * ((u - m_old) / ls_old.exp()).pow(2) - ls_old).sum(-1)
-                actor_loss = L.mdpo_off_actor_loss(logp, logp - (logp_g - logp_old), q_pi, alpha, kl_coef)
-            else:
-                actor_loss = L.sac_actor_loss(logp, q_pi, alpha)
-        else:
-            actor_loss = L.deterministic_actor_loss(
-                q_values(obs, actor(obs), critic, detach=True, members=slice(0, 1))[0]
+                action = actor.explore(self.obs_norm(self.obs), self.noise)
+        raw, reward, terminated, truncated, _ = self.envs.step(self.to_env(action).cpu().numpy())
+        valid, finished = self.tracker.step(reward, terminated, truncated)
+        next_obs = torch.as_tensor(raw, dtype=torch.float32, device=self.device)
+        if cfg.norm_obs:
+            self.obs_norm(next_obs, update=True)
+        self.buffer.add(
+            self.obs,
+            action,
+            torch.as_tensor(reward, dtype=torch.float32) * cfg.reward_scale,
+            next_obs,
+            torch.from_numpy(terminated),
+            torch.from_numpy(truncated),
+            torch.from_numpy(valid),
+        )
+        if finished:
+            self.episodes_since_log += finished
+            self.recent.extend(finished)
+            self.noise.reset(torch.from_numpy((terminated | truncated) & valid))
+        self.obs = next_obs
+        self.vec_step += 1
+
+    def learn(self) -> None:
+        """The gradient updates earned by this vector step (``utd * num_envs`` credit)."""
+        if self.vec_step < self.start_vec_steps:
+            return
+        self.credit += self.cfg.utd * self.N
+        while self.credit >= 1.0:
+            self.credit -= 1.0
+            self.num_updates += 1
+            for key, v in self.learner.update(self.buffer, self.obs_norm, self.num_updates).items():
+                self.stats_acc[key].append(v)
+
+    def log(self, t_start: float, steps_at_start: int, bar: TrainProgress) -> None:
+        N = self.N
+        metrics = {k: torch.stack(v).float().mean() for k, v in self.stats_acc.items()}
+        if metrics and not bool(torch.isfinite(torch.stack(list(metrics.values()))).all()):
+            raise NonFiniteLoss(
+                f"non-finite loss at step {self.vec_step * N}; parameters not saved, "
+                f"last good checkpoint: {self.ckpt_path}"
             )
-        actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        if cfg.max_grad_norm is not None:
-            clip_grad_norm(act_params, cfg.max_grad_norm)
-        actor_opt.step()
-        stats["loss/actor"] = actor_loss.detach()
-        if auto_alpha:
-            alpha_loss = L.temperature_loss(log_alpha, logp, target_entropy)
-            alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            alpha_opt.step()
-            stats["stats/entropy"] = -logp.detach().mean()
-        if gaussian:
-            stats["stats/alpha"] = alpha
-        # Polyak targets
-        L.polyak_update(crit_t_params, crit_params, cfg.tau)
-        if actor_t is not None:
-            L.polyak_update(act_t_params, act_params, cfg.tau)
-        return stats
+        metrics["train/steps_per_s"] = (self.vec_step * N - steps_at_start) / (time.time() - t_start)
+        metrics["train/updates"] = self.num_updates
+        if self.episodes_since_log:
+            metrics["train/episode_return"] = float(np.mean([e[0] for e in self.episodes_since_log]))
+            metrics["train/episode_length"] = float(np.mean([e[1] for e in self.episodes_since_log]))
+        self.logger.log(self.vec_step * N, metrics)
+        self.stats_acc.clear()
+        self.episodes_since_log = []
+        bar.update(
+            self.vec_step * N,
+            ret=float(np.mean([e[0] for e in self.recent])) if self.recent else None,
+            eval=self.last_eval["return_mean"] if self.last_eval else None,
+        )
 
-    obs = begin_env_epoch(env_epoch)
-    stats_acc: dict[str, list[Tensor]] = collections.defaultdict(list)
-    episodes_since_log: list[tuple[float, int]] = []
-    t_start, steps_at_start = time.time(), vec_step * N
-    last_eval = None
-    total_actor_updates = max(1, int(num_vec_steps * N * cfg.utd) // cfg.policy_delay)
+    def evaluate(self) -> dict:
+        cfg, actor = self.cfg, self.learner.actor
 
-    with TrainProgress(num_vec_steps * N, cfg.env_id, cfg.progress, start=vec_step * N) as bar:
-        while vec_step < num_vec_steps:
-            # ---- act and store -----------------------------------------------------------------------
-            with torch.no_grad():
-                if vec_step < start_vec_steps:
-                    action = torch.rand((N, act_dim), device=device) * 2.0 - 1.0
-                elif gaussian:
-                    action = actor.sample(obs_norm(obs))[0]
-                else:
-                    eps = torch.randn((N, act_dim), device=device)
-                    if cfg.exploration_noise_type == "ou":
-                        ou_noise.copy_(L.ou_step(ou_noise, noise_std, eps))
-                        eps = ou_noise
-                    else:
-                        eps = noise_std * eps
-                    action = (actor(obs_norm(obs)) + eps).clamp(-1, 1)
-            raw, reward, terminated, truncated, _ = envs.step(to_env(action).cpu().numpy())
-            valid, finished = tracker.step(reward, terminated, truncated)
-            next_obs = torch.as_tensor(raw, dtype=torch.float32, device=device)
-            if cfg.norm_obs:
-                obs_norm(next_obs, update=True)
-            buffer.add(
-                obs,
-                action,
-                torch.as_tensor(reward, dtype=torch.float32) * cfg.reward_scale,
-                next_obs,
-                torch.from_numpy(terminated),
-                torch.from_numpy(truncated),
-                torch.from_numpy(valid),
-            )
-            if finished:
-                episodes_since_log += finished
-                recent.extend(finished)
-                ended = torch.from_numpy((terminated | truncated) & valid)
-                draw_noise_std(ended)
-                ou_noise[ended] = 0.0
-            obs = next_obs
-            vec_step += 1
+        def act(raw_obs: Tensor) -> Tensor:
+            return self.to_env(actor.mode(self.obs_norm(raw_obs.to(self.device)))).cpu()
 
-            # ---- learn -----------------------------------------------------------------------------
-            if vec_step >= start_vec_steps:
-                credit += cfg.utd * N
-                while credit >= 1.0:
-                    credit -= 1.0
-                    num_updates += 1
-                    do_actor = num_updates % cfg.policy_delay == 0
-                    kl_coef = 0.0
-                    if old_actor is not None and do_actor:
-                        k = num_updates // cfg.policy_delay
-                        t_k = max(1.0 - k / total_actor_updates, 0.1) if cfg.mdpo_anneal else 1.0
-                        kl_coef = cfg.mdpo_kl_coef / t_k
-                        if k % cfg.mdpo_refresh_every == 0:
-                            torch._foreach_copy_(list(old_actor.parameters()), act_params)
-                    for key, v in update(do_actor, kl_coef).items():
-                        stats_acc[key].append(v)
+        with torch.no_grad():
+            res = evaluation.evaluate(act, cfg.env_id, cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs)
+        self.logger.log(self.vec_step * self.N, {f"eval/{k}": v for k, v in res.items() if k != "episodes"})
+        return res
 
-            # ---- check, log, evaluate, checkpoint ---------------------------------------------------
-            final = vec_step == num_vec_steps
-            if vec_step % log_every == 0 or final:
-                metrics = {k: torch.stack(v).float().mean() for k, v in stats_acc.items()}
-                if metrics and not bool(torch.isfinite(torch.stack(list(metrics.values()))).all()):
-                    raise NonFiniteLoss(
-                        f"non-finite loss at step {vec_step * N}; parameters not saved, "
-                        f"last good checkpoint: {ckpt_path}"
-                    )
-                metrics["train/steps_per_s"] = (vec_step * N - steps_at_start) / (time.time() - t_start)
-                metrics["train/updates"] = num_updates
-                if episodes_since_log:
-                    metrics["train/episode_return"] = float(np.mean([e[0] for e in episodes_since_log]))
-                    metrics["train/episode_length"] = float(np.mean([e[1] for e in episodes_since_log]))
-                logger.log(vec_step * N, metrics)
-                stats_acc.clear()
-                episodes_since_log = []
-                bar.update(
-                    vec_step * N,
-                    ret=float(np.mean([e[0] for e in recent])) if recent else None,
-                    eval=last_eval["return_mean"] if last_eval else None,
-                )
-            if eval_every and vec_step % eval_every == 0 and not final:
-                last_eval = run_eval()
-            if vec_step % ckpt_every == 0 or final:
-                env_epoch += 1
-                buffer.mark_truncated_last()
-                save()
+
+def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> dict:
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
+    _seed_everything(cfg.seed)
+    tr = _Trainer(cfg, run_dir, resume)
+    N = tr.N
+    tr.begin_env_epoch()
+    t_start, steps_at_start = time.time(), tr.vec_step * N
+    with TrainProgress(tr.num_vec_steps * N, cfg.env_id, cfg.progress, start=tr.vec_step * N) as bar:
+        while tr.vec_step < tr.num_vec_steps:
+            tr.collect()
+            tr.learn()
+            final = tr.vec_step == tr.num_vec_steps
+            if tr.vec_step % tr.log_every == 0 or final:
+                tr.log(t_start, steps_at_start, bar)
+            if tr.eval_every and tr.vec_step % tr.eval_every == 0 and not final:
+                tr.last_eval = tr.evaluate()
+            if tr.vec_step % tr.ckpt_every == 0 or final:
+                tr.env_epoch += 1
+                tr.buffer.mark_truncated_last()
+                tr.save()
                 if not final:
-                    obs = begin_env_epoch(env_epoch)
-
-    envs.close()
-    final_eval = run_eval()
-    logger.close()
+                    tr.begin_env_epoch()
+    tr.envs.close()
+    final_eval = tr.evaluate()
+    tr.logger.close()
     result = {
         "eval_return_mean": final_eval["return_mean"],
         "eval_return_std": final_eval["return_std"],
-        "steps": vec_step * N,
-        "updates": num_updates,
+        "steps": tr.vec_step * N,
+        "updates": tr.num_updates,
         "train_seconds": round(time.time() - t_start, 2),
-        "steps_per_s": round((vec_step * N - steps_at_start) / max(time.time() - t_start, 1e-9), 1),
+        "steps_per_s": round((tr.vec_step * N - steps_at_start) / max(time.time() - t_start, 1e-9), 1),
     }
-    atomic_write_text(run_dir / "eval.json", json.dumps({**final_eval, "step": vec_step * N}, indent=2))
+    atomic_write_text(run_dir / "eval.json", json.dumps({**final_eval, "step": tr.vec_step * N}, indent=2))
     return result
 
 
@@ -630,21 +621,9 @@ def evaluate_run(
     @torch.no_grad()
     def act(raw_obs: Tensor) -> Tensor:
         o = obs_norm(raw_obs)
-        if deterministic:
-            return to_env(actor.mode(o))
-        if isinstance(actor, GaussianActor):
-            mean, log_std = actor(o)
-            noise = torch.randn(mean.shape, generator=gen)
-            return to_env(L.tanh_gaussian_sample(mean, log_std, noise)[0])
-        mu = actor(o)
-        return to_env((mu + cfg.exploration_noise * torch.randn(mu.shape, generator=gen)).clamp(-1, 1))
+        return to_env(actor.mode(o) if deterministic else actor.noisy_action(o, cfg.exploration_noise, gen))
 
     video_dir = Path(run_dir) / "videos" if video else None
     return evaluation.evaluate(
-        act,
-        cfg.env_id,
-        episodes or cfg.eval_episodes,
-        cfg.seed,
-        env_kwargs=cfg.env_kwargs,
-        video_dir=video_dir,
+        act, cfg.env_id, episodes or cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs, video_dir=video_dir
     )

@@ -95,9 +95,7 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         """Uniform sample of ``batch_size`` stored transitions (indices drawn with ``torch.randint``)."""
-        return self.gather(
-            torch.randint(len(self), (batch_size,), generator=generator, device=self.obs.device)
-        )
+        return self.gather(torch.randint(len(self), (batch_size,), generator=generator, device=self.obs.device))
 
     def gather(self, idx: Tensor) -> Batch:
         """The batch of the transitions at flat indices ``idx`` (``row * num_envs + env``)."""
