@@ -430,7 +430,7 @@ def test_warm_start_ends_once_training_prompt_accuracy_reaches_target(tmp_path, 
     ]
     assert main(argv) == 0
     assert _metric(out, "sft/train_accuracy") == [0.2, 0.5]
-    assert len(_metric(out, "sft/loss")) == 0  # logged every 50 steps: the warm-start stopped at step 20
+    assert len(_metric(out, "loss/sft")) == 2  # logged at each check: the warm-start stopped at step 20
     rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert [int(r[0]) for r in rows if r[2] == "sft/train_accuracy"] == [-90, -80]
 

@@ -11,6 +11,7 @@ from policyopt.errors import UserError
 from policyopt.lm import algorithms, selection  # noqa: F401  (algorithms registers opmd/asymre/bnpo/spo)
 from policyopt.lm.tasks import check_task
 from policyopt.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, PolicyLossConfig
+from policyopt.runs.lifecycle import FAMILIES, Family
 
 BUILTIN_MODELS = ("tiny-llama", "tiny-qwen2")
 
@@ -159,3 +160,8 @@ class LMConfig:
                     self.rewards[k] = float(v)
                 except (TypeError, ValueError):
                     raise UserError(f"config key 'rewards.{k}' must be a number, got {v!r}") from None
+
+
+FAMILY = FAMILIES.register(
+    "lm", Family("lm", LMConfig, "policyopt.lm.trainer:train", "policyopt.lm.trainer:evaluate_run")
+)

@@ -1,5 +1,5 @@
 """Models: tiny Llama/Qwen2 built from a config, or any local AutoModelForCausalLM; optional LoRA (peft);
-a frozen reference model only when a KL term is active (under LoRA: the adapter-disabled base)."""
+a frozen KL reference (the policy at the start of RL) only when a KL term is active."""
 
 from __future__ import annotations
 
@@ -78,25 +78,62 @@ def add_lora(model, r: int, alpha: float):
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise UserError("LoRA needs peft: pip install 'policyopt[lm]'") from None
-    cfg = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
 class Reference:
-    """Log-probs under a frozen reference: a copy of the initial model, or the adapter-disabled base."""
+    """The frozen KL reference: the policy as it was when RL started (taken by :meth:`reset`).
+
+    A full copy of the model, or under LoRA a snapshot of the adapter weights that :meth:`context` swaps into
+    the policy for the reference pass (the adapter-disabled base is not the RL start once a warm-start has
+    trained the adapter). Its state is saved with the run, so a resumed run keeps the same reference."""
 
     def __init__(self, model, lora: bool):
-        self.lora = lora
+        self.policy, self.lora = model, lora
         self.model = None if lora else copy.deepcopy(model).eval().requires_grad_(False)
-        self.policy = model
+        self.adapter = {n: p.detach().clone() for n, p in self._trainable()} if lora else None
 
+    def _trainable(self):
+        return [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Take the current policy as the reference."""
+        if self.lora:
+            for n, p in self._trainable():
+                self.adapter[n].copy_(p)
+        else:
+            self.model.load_state_dict(self.policy.state_dict())
+
+    @contextlib.contextmanager
     def context(self):
-        return self.policy.disable_adapter() if self.lora else contextlib.nullcontext()
+        """Yields the model that computes reference log-probs (the policy itself under LoRA, with the snapshot
+        swapped in and the current adapter put back afterwards)."""
+        if not self.lora:
+            yield self.model
+            return
+        params = dict(self._trainable())
+        current = {n: p.detach().clone() for n, p in params.items()}
+        try:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(self.adapter[n])
+            yield self.policy
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(current[n])
 
-    def forward_model(self):
-        return self.policy if self.lora else self.model
+    def state_dict(self) -> dict:
+        return {k: v.clone() for k, v in self.adapter.items()} if self.lora else self.model.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        if self.lora:
+            for k, v in state.items():
+                self.adapter[k].copy_(v)
+        else:
+            self.model.load_state_dict(state)
 
 
 def save_pretrained(model, tok, out: Path, lora: bool) -> None:

@@ -1,18 +1,17 @@
 """GRPO-family trainer for Hugging Face causal LMs: every preset is this one loop with different boxes.
 
-Read top to bottom: set-up (task, tokenizer, model [+ LoRA], reference only if a KL term is active) ->
-supervised warm-start (optional) -> held-out accuracy before RL -> for each RL step, the phases
-:func:`collect` (sample prompts, generate G completions each, score, generation-stage selection with refills),
-:func:`prepare` (train-time log-probs, advantages from the shared registry, advantage-stage selection),
-:func:`optimize` (epochs x mini-batches x micro-batches with *global* aggregation denominators) and the
-update-stage selection; then log (one host sync) and checkpoint. Data selection is the ordered pipeline of
-:mod:`policyopt.lm.selection`.
+The trainer is two stages over the shared run lifecycle (:mod:`policyopt.runs.lifecycle`): the supervised
+:class:`WarmStart` (optional, checkpointed, resumable) and :class:`RL`. Each RL iteration is the phases
+:func:`collect` (sample prompts from the named seed stream ``prompts``, generate G completions each, score,
+generation-stage selection with refills), :func:`prepare` (train-time log-probs, advantages from the shared
+registry, advantage-stage selection), :func:`optimize` (epochs x mini-batches x micro-batches with *global*
+aggregation denominators) and the update-stage selection. Seeding, checkpoints, exact resume, logging and the
+non-finite guard are the lifecycle's; data selection is the ordered pipeline of :mod:`policyopt.lm.selection`.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,10 +22,10 @@ import numpy as np
 import torch
 
 from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
-from policyopt.errors import NonFiniteLoss, UserError
+from policyopt.errors import UserError
 from policyopt.lm import algorithms as A
 from policyopt.lm import selection as S
-from policyopt.lm.config import LMConfig
+from policyopt.lm.config import FAMILY, LMConfig
 from policyopt.lm.model import Reference, add_lora, build_model, load_tokenizer, save_pretrained
 from policyopt.lm.rewards import RewardSet
 from policyopt.lm.rollout import Rollout, collate, generate, set_mode, token_logp
@@ -34,17 +33,8 @@ from policyopt.lm.selection import LMBatch, SelectionContext
 from policyopt.lm.tasks import load_task
 from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, kl_penalty
 from policyopt.losses.aggregation import masked_mean
-from policyopt.runs import rundir
-from policyopt.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from policyopt.runs.files import atomic_write_text
-from policyopt.runs.logger import MetricLogger
-from policyopt.runs.progress import TrainProgress
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from policyopt.runs.lifecycle import Cadence, Phases, Run, SeedStreams, execute, load_config, seed_global
 
 
 def _fields(rows: list[dict]) -> dict[str, list]:
@@ -238,8 +228,8 @@ def _token_tensors(parts: LMParts, batch: LMBatch) -> LMBatch:
         if not _on_policy(parts):
             old, ent = token_logp(parts.model, ids, attn, pos, P, cfg.temperature, with_entropy=True)
         if parts.ref is not None:
-            with parts.ref.context():
-                ref, _ = token_logp(parts.ref.forward_model(), ids, attn, pos, P, cfg.temperature)
+            with parts.ref.context() as ref_model:
+                ref, _ = token_logp(ref_model, ids, attn, pos, P, cfg.temperature)
     mask = cmask * batch.loss_rows.to(cmask.dtype)[:, None]
     return LMBatch(ro, batch.loss_rows, P, ids, attn, pos, cmask, mask, None, None, sampler, old, ent, ref)
 
@@ -340,8 +330,6 @@ def optimize(parts: LMParts, b: LMBatch) -> dict[str, list]:
 def step_metrics(parts: LMParts, b: LMBatch, acc: dict[str, list], ctx: SelectionContext, times: dict) -> dict:
     """The RL step's metrics (tensors; logged with one host sync)."""
     cfg, ro = parts.cfg, b.rollout
-    if not bool(torch.isfinite(torch.stack(acc["loss/total"])).all()):
-        raise NonFiniteLoss(f"non-finite loss at RL step {ctx.step}; parameters not saved")
     sums = {k: torch.stack(v).float() for k, v in acc.items()}
     m_adv = b.adv[b.mask > 0] if (b.mask > 0).any() else torch.zeros(1)
     lengths = torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float32)
@@ -381,8 +369,8 @@ def step_metrics(parts: LMParts, b: LMBatch, acc: dict[str, list], ctx: Selectio
     return metrics
 
 
-def rl_step(parts: LMParts, step: int, rng: np.random.Generator) -> tuple[dict, LMBatch | None]:
-    """One RL step: collect -> prepare (advantages, selection) -> optimize -> update-stage selectors."""
+def collect_step(parts: LMParts, step: int, rng: np.random.Generator) -> tuple[SelectionContext, LMBatch, float]:
+    """The collect phase of RL step ``step`` (1-based): learning rate, generation, generation-stage selection."""
     cfg = parts.cfg
     lr = cfg.learning_rate * (1.0 - (step - 1) / cfg.total_steps if cfg.lr_schedule == "linear" else 1.0)
     for g in parts.opt.param_groups:
@@ -390,139 +378,184 @@ def rl_step(parts: LMParts, step: int, rng: np.random.Generator) -> tuple[dict, 
     ctx = SelectionContext(cfg, step, tracker=parts.tracker, score=parts.score)
     t0 = time.time()
     batch = collect(parts, rng, ctx)
-    gen_time = time.time() - t0
-    if len(batch) == 0:  # nothing passed the generation-stage selection: nothing to learn from this step
-        return dict(ctx.metrics), None
-    batch = prepare(parts, batch, ctx)
+    return ctx, batch, time.time() - t0
+
+
+def update_step(parts: LMParts, ctx: SelectionContext, batch: LMBatch, gen_time: float):
+    """prepare (advantages, selection) -> optimize -> update-stage selectors; returns ``(metrics, batch)``, the
+    batch None when the selection left nothing to train on."""
+    if len(batch):
+        batch = prepare(parts, batch, ctx)
     if len(batch) == 0:
         return dict(ctx.metrics), None
     t1 = time.time()
     acc = optimize(parts, batch)
-    times = {"gen": gen_time, "train": time.time() - t1}
-    metrics = step_metrics(parts, batch, acc, ctx, times)
+    metrics = step_metrics(parts, batch, acc, ctx, {"gen": gen_time, "train": time.time() - t1})
     S.run_stage(parts.selectors, "update", batch, ctx)
     return {**metrics, **ctx.metrics}, batch
 
 
-def _write_samples(path: Path, parts: LMParts, step: int, batch: LMBatch) -> None:
+def rl_step(parts: LMParts, step: int, rng: np.random.Generator) -> tuple[dict, LMBatch | None]:
+    """One RL step outside the lifecycle (tests, notebooks): :func:`collect_step` then :func:`update_step`."""
+    return update_step(parts, *collect_step(parts, step, rng))
+
+
+# ----- the stages over the run lifecycle ----------------------------------------------------------
+class WarmStart(Phases):
+    """Supervised warm-start: cross-entropy on ``answer + EOS``; by default it ends once the model solves
+    ``sft_target_accuracy`` of a fixed sample of *training* prompts (checked every ``sft_check_every`` steps),
+    so RL starts from a reward that is neither sparse nor saturated. Checkpointed at each check."""
+
+    name = "warm-start"
+
+    def __init__(self, parts: LMParts, run: Run):
+        cfg = self.cfg = parts.cfg
+        self.parts, self.iterations = parts, cfg.sft_steps
+        self.cadence = Cadence(log=cfg.sft_check_every, checkpoint=cfg.sft_check_every)
+        self.opt = run.track(
+            "sft_optimizer", torch.optim.AdamW(parts.params, lr=cfg.sft_lr, weight_decay=0.0, fused=True)
+        )
+        n = len(parts.task.train)
+        order = np.random.default_rng(run.seeds.seed("sft_check_prompts")).permutation(n)[: cfg.sft_check_size]
+        self.check_rows = [parts.task.train[i] for i in order]
+        run.counters.update(sft_reached=False)
+
+    def step(self, iteration: int) -> int:
+        return iteration - self.iterations  # the warm-start logs at negative steps; RL starts at 0
+
+    def collect(self, run: Run) -> list[dict]:
+        train = self.parts.task.train
+        return [train[i] for i in run.seeds.numpy("sft_batches").integers(0, len(train), self.cfg.sft_batch)]
+
+    def update(self, run: Run, rows: list[dict]) -> dict[str, Any]:
+        cfg, it = self.cfg, run.iteration
+        stats: dict[str, Any] = {"loss/sft": sft_step(self.parts.model, self.parts.tok, rows, self.opt)}
+        if cfg.sft_target_accuracy > 0 and it % cfg.sft_check_every == 0 and it < self.iterations:
+            acc = self.parts.evaluate(self.check_rows)["accuracy"]
+            stats["sft/train_accuracy"] = acc
+            if acc >= cfg.sft_target_accuracy:
+                print(f"warm-start ends at step {it}: training-prompt accuracy {acc:.3f}", flush=True)
+                run.counters["sft_reached"] = True
+        return stats
+
+    def done(self, run: Run) -> bool:
+        return bool(run.counters["sft_reached"])
+
+    def end(self, run: Run) -> None:
+        self.opt.state.clear()  # the warm-start's moments are not needed by RL (nor in its checkpoints)
+
+
+class RL(Phases):
+    """The RL stage: :func:`collect_step` / :func:`update_step` per iteration, held-out accuracy before the
+    first step and at the end. The KL reference is the policy when this stage starts; the prompt sampler is the
+    named seed stream ``prompts``; ``samples.jsonl`` is cut back to the checkpoint on resume."""
+
+    name = "rl"
+
+    def __init__(self, parts: LMParts, run: Run):
+        cfg = self.cfg = parts.cfg
+        self.parts, self.iterations = parts, cfg.total_steps
+        self.cadence = Cadence(log=1, evaluate=cfg.eval_every, checkpoint=cfg.checkpoint_every)
+        run.track("optimizer", parts.opt)
+        if parts.tracker is not None:
+            run.track("value_tracker", parts.tracker)
+        if cfg.beta > 0:
+            parts.ref = run.track("reference", Reference(parts.model, bool(cfg.lora_r)))
+        run.counters.update(acc_before=None, samples_lines=0, shortfall_warned=False)
+        self.samples = run.dir / "samples.jsonl"
+        self.reward: float | None = None
+
+    def begin(self, run: Run) -> None:
+        self.lines = int(run.counters["samples_lines"])
+        if self.samples.exists():  # cut back to the checkpoint (a resumed run rewrites the later steps)
+            kept = self.samples.read_text().splitlines(keepends=True)[: self.lines]
+            atomic_write_text(self.samples, "".join(kept))
+        self.parts.warned_shortfall = bool(run.counters["shortfall_warned"])
+        if run.iteration == 0 and self.parts.ref is not None:
+            self.parts.ref.reset()  # the policy at the start of RL (after the warm-start)
+        if run.counters["acc_before"] is None:
+            acc = self.parts.evaluate(self.parts.task.test)["accuracy"]
+            run.counters["acc_before"] = acc
+            run.log(0, {"eval/accuracy": acc})
+            print(f"held-out accuracy before RL: {acc:.3f} ({len(self.parts.task.test)} prompts)", flush=True)
+
+    def collect(self, run: Run):
+        return collect_step(self.parts, run.iteration, run.seeds.numpy("prompts"))
+
+    def update(self, run: Run, collected) -> dict[str, Any]:
+        metrics, batch = update_step(self.parts, *collected)
+        if batch is not None:
+            self.reward = float(batch.rollout.rewards.mean())
+            if self.cfg.log_samples:
+                self.lines += _write_samples(self.samples, self.parts, run.iteration, batch)
+        return metrics
+
+    def before_checkpoint(self, run: Run) -> None:
+        run.counters["samples_lines"] = self.lines
+        run.counters["shortfall_warned"] = self.parts.warned_shortfall
+
+    def progress_info(self, run: Run) -> dict[str, Any]:
+        return {"reward": self.reward}
+
+    def evaluate(self, run: Run, final: bool) -> dict[str, Any]:
+        if not final:
+            return {"accuracy": self.parts.evaluate(self.parts.task.test)["accuracy"]}
+        return {
+            "accuracy_before": run.counters["acc_before"],
+            **self.parts.evaluate(self.parts.task.test, k=self.cfg.eval_k),
+        }
+
+    def end(self, run: Run) -> None:
+        save_pretrained(self.parts.model, self.parts.tok, run.dir / "model", bool(self.cfg.lora_r))
+
+    def result(self, run: Run, final: dict[str, Any]) -> dict[str, Any]:
+        before, after = final["accuracy_before"], final["accuracy"]
+        print(f"held-out accuracy after RL: {after:.3f} (before: {before:.3f})", flush=True)
+        return {
+            "accuracy_before": before,
+            "accuracy_after": after,
+            **final,
+            "steps": run.iteration,
+            "train_seconds": round(time.time() - run.t_start, 2),
+        }
+
+
+def _write_samples(path: Path, parts: LMParts, step: int, batch: LMBatch) -> int:
     ro, names = batch.rollout, parts.rewards.names
+    n = min(parts.cfg.log_samples, len(ro))
     with open(path, "a") as f:
-        for i in range(min(parts.cfg.log_samples, len(ro))):
+        for i in range(n):
             row = {
                 "step": step,
                 "prompt": parts.task.train[int(ro.prompt_index[i])]["prompt"],
                 "completion": ro.completions[i],
                 "reward": float(ro.rewards[i]),
-                **{n: float(ro.components[i, j]) for j, n in enumerate(names)},
+                **{name: float(ro.components[i, j]) for j, name in enumerate(names)},
             }
             f.write(json.dumps(row) + "\n")
+    return n
 
 
-def _warm_start(parts: LMParts, sft_opt, sft_done: int, logger: MetricLogger) -> int:
-    """Supervised warm-start from step ``sft_done``; ends at ``sft_steps`` or, by default, once the model
-    solves ``sft_target_accuracy`` of a fixed sample of *training* prompts (RL then starts from a reward that
-    is neither sparse nor saturated). Returns the steps done (``sft_steps`` when finished)."""
-    cfg, task = parts.cfg, parts.task
-    rng = np.random.default_rng(cfg.seed + 7 + sft_done)
-    order = np.random.default_rng(cfg.seed + 11).permutation(len(task.train))[: cfg.sft_check_size]
-    check_rows = [task.train[i] for i in order]
-    while sft_done < cfg.sft_steps:
-        rows = [task.train[i] for i in rng.integers(0, len(task.train), cfg.sft_batch)]
-        loss = sft_step(parts.model, parts.tok, rows, sft_opt)
-        sft_done += 1
-        if sft_done % 50 == 0 or sft_done == cfg.sft_steps:
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite warm-start loss at step {sft_done}")
-            logger.log(-cfg.sft_steps + sft_done, {"sft/loss": loss})
-        if cfg.sft_target_accuracy > 0 and sft_done % cfg.sft_check_every == 0 and sft_done < cfg.sft_steps:
-            acc = parts.evaluate(check_rows)["accuracy"]
-            logger.log(-cfg.sft_steps + sft_done, {"sft/train_accuracy": acc})
-            if acc >= cfg.sft_target_accuracy:
-                print(f"warm-start ends at step {sft_done}: training-prompt accuracy {acc:.3f}", flush=True)
-                sft_done = cfg.sft_steps
-    return sft_done
-
-
-def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False) -> dict:
+def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False, **run_info: Any) -> dict:
+    """Train (or resume) an LM run in ``run_dir``: the warm-start stage (if ``sft_steps``) then RL."""
     torch.set_num_threads(cfg.threads)
-    run_dir = Path(run_dir)
-    _seed_everything(cfg.seed)
-    parts = build_parts(cfg)
-    sft_opt = torch.optim.AdamW(parts.params, lr=cfg.sft_lr, weight_decay=0.0, fused=True)
-    ckpt_path = rundir.checkpoint_path(run_dir)
-    step, sft_done, acc_before, state = 0, 0, None, {}
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        parts.model.load_state_dict(state["model"])
-        (parts.opt if state["counters"]["sft_done"] >= cfg.sft_steps else sft_opt).load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step, sft_done = state["counters"]["step"], state["counters"]["sft_done"]
-        acc_before = state.get("acc_before")
-        if parts.tracker is not None and "spo" in state:
-            parts.tracker.load_state_dict(state["spo"])
-        if step >= cfg.total_steps:
-            rundir.check_budget_left(run_dir, step)
-    use_ref = cfg.beta > 0
-    logger = MetricLogger(
+
+    def build(run: Run) -> list[Phases]:
+        parts = build_parts(cfg)
+        run.track("model", parts.model)
+        return [*([WarmStart(parts, run)] if cfg.sft_steps else []), RL(parts, run)]
+
+    return execute(
+        FAMILY,
+        cfg,
         run_dir,
-        cfg.tensorboard,
-        resume_step=step if resume else None,
-        resume_rows=state.get("metrics_rows") if resume else None,
+        resume,
+        build,
+        seed=cfg.seed,
+        tensorboard=cfg.tensorboard,
+        progress=cfg.progress,
+        info=run_info,
     )
-
-    def save() -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": parts.model.state_dict(),
-                "optimizer": (parts.opt if sft_done >= cfg.sft_steps else sft_opt).state_dict(),
-                "rng": rng_state(),
-                "acc_before": acc_before,
-                "metrics_rows": logger.rows,
-                "counters": {"step": step, "sft_done": sft_done},
-                **({"spo": parts.tracker.state_dict()} if parts.tracker is not None else {}),
-            },
-        )
-
-    t_start = time.time()
-    sft_done = _warm_start(parts, sft_opt, sft_done, logger)
-    if acc_before is None:
-        acc_before = parts.evaluate(parts.task.test)["accuracy"]
-        logger.log(0, {"eval/accuracy": acc_before})
-        print(f"held-out accuracy before RL: {acc_before:.3f} ({len(parts.task.test)} prompts)", flush=True)
-        save()
-    if use_ref:
-        parts.ref = Reference(parts.model, bool(cfg.lora_r))
-
-    ckpt_every = cfg.checkpoint_every or cfg.total_steps
-    sample_rng = np.random.default_rng(cfg.seed * 1000 + step)
-    with TrainProgress(cfg.total_steps, f"{cfg.policy_loss}/{cfg.advantage}", cfg.progress, start=step) as bar:
-        while step < cfg.total_steps:
-            step += 1
-            metrics, batch = rl_step(parts, step, sample_rng)
-            values = logger.log(step, metrics)
-            if batch is not None and cfg.log_samples:
-                _write_samples(run_dir / "samples.jsonl", parts, step, batch)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.total_steps:
-                logger.log(step, {"eval/accuracy": parts.evaluate(parts.task.test)["accuracy"]})
-            if step % ckpt_every == 0 or step == cfg.total_steps:
-                save()
-            bar.update(step, reward=values.get("reward/mean"))
-
-    final = parts.evaluate(parts.task.test, k=cfg.eval_k)
-    logger.log(step, {f"eval/{k}": v for k, v in final.items()})
-    logger.close()
-    save_pretrained(parts.model, parts.tok, run_dir / "model", bool(cfg.lora_r))
-    print(f"held-out accuracy after RL: {final['accuracy']:.3f} (before: {acc_before:.3f})", flush=True)
-    result = {
-        "accuracy_before": acc_before,
-        "accuracy_after": final["accuracy"],
-        **final,
-        "steps": step,
-        "train_seconds": round(time.time() - t_start, 2),
-    }
-    atomic_write_text(run_dir / "eval.json", json.dumps({**result, "step": step}, indent=2))
-    return result
 
 
 def evaluate_run(
@@ -533,16 +566,12 @@ def evaluate_run(
     pass samples at the run's temperature / top_p instead of greedy decoding)."""
     from transformers import AutoModelForCausalLM
 
-    from policyopt import algos
-    from policyopt.config import resolve
-
-    info = rundir.read_info(run_dir)
-    cfg = resolve(algos.get(info["algo"]).config(), rundir.read_config(run_dir))
+    cfg = load_config(run_dir)  # the config class of the family recorded in run.json
     mdir = Path(run_dir) / "model"
     if not (mdir / "config.json").exists():
         raise UserError(f"run {str(run_dir)!r} has no saved model yet ({mdir} is missing); train it to the end first")
     torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed + 10_000)
+    seed_global(SeedStreams(cfg.seed).seed("evaluation"))
     task = load_task(cfg.task, cfg.dataset, cfg.seed, cfg.eval_size)
     tok = load_tokenizer(str(mdir), None)
     rewards = RewardSet(dict(cfg.rewards) or task.default_rewards, task.scorer)
