@@ -1,34 +1,35 @@
 """Off-policy actor-critic trainer for Gymnasium: SAC, TD3, DDPG, FastTD3 and off-policy MDPO are presets.
 
-Read top to bottom: config -> the stateful parts (exploration noise, temperature, the learner: actor,
-critic ensemble, targets, optimizers, with the registered actor and critic losses of
-:mod:`policyopt.losses.actor_critic`) -> the loop: act (random before ``learning_starts``), step the
-vector env, store the transition, then ``utd`` gradient updates per environment step (critic every
-update; actor, temperature and Polyak target update every ``policy_delay`` updates), log, evaluate,
-checkpoint.
+The trainer is its phases over the shared run lifecycle (:mod:`policyopt.runs.lifecycle`); one iteration is
+one vector-env step. ``collect`` acts (uniformly at random before ``learning_starts``), steps the vector env
+and stores the transition; ``update`` makes the ``utd`` gradient updates per environment step it earned
+(critic every update; actor, temperature and Polyak targets every ``policy_delay`` updates) with the
+registered actor and critic losses of :mod:`policyopt.losses.actor_critic`; ``evaluate`` runs the
+deterministic policy on separate environments. Seeding, checkpoints, resume, logging and the non-finite
+guard are the lifecycle's. The stateful parts, each saved under its name: the actor, the critic ensemble,
+their targets, the optimizers, the temperature, the MDPO old actor, the replay buffer, the observation
+normalizer and the exploration-noise state; plain counters (updates, update credit, env epoch).
 
 Correctness notes:
 - ``terminated`` and ``truncated`` are stored apart; ``next_obs`` is the true final observation on
   the step that ends an episode (Gymnasium next-step autoreset), so truncation bootstraps correctly.
   The following reset step is stored with ``valid = 0`` and masked out of the critic loss.
-- Checkpoints are taken at vector-step boundaries; they hold the networks, targets, optimizers, the
-  temperature, RNG states and the replay buffer. After each checkpoint the environments are re-seeded
-  (open episodes end there as time limits), so a resumed run continues bit for bit like the
-  uninterrupted one on the CPU.
+- Checkpoints are taken at vector-step boundaries, with the replay buffer (``save_buffer``). At each
+  checkpoint open episodes end as time limits and the environments are re-seeded after it, so a resumed
+  run continues bit for bit like the uninterrupted one on the CPU.
 - Per environment step the loop syncs with the host once (the action handed to the env); losses stay
-  tensors until logging, where non-finite values raise :class:`NonFiniteLoss`.
+  tensors until logging, where non-finite losses raise :class:`~policyopt.errors.NonFiniteLoss`.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
-import json
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,14 +42,12 @@ from policyopt.control.networks import ACTIVATIONS, ACTORS, CRITICS
 from policyopt.control.normalize import ObsNormalizer
 from policyopt.control.optim import clip_grad_norm, make_optimizer
 from policyopt.control.replay import ReplayBuffer
-from policyopt.errors import NonFiniteLoss, UserError
+from policyopt.errors import UserError
 from policyopt.losses import actor_critic as L
 from policyopt.losses.actor_critic import ACTOR_LOSSES, CRITIC_LOSSES, ActorBatch, CriticBatch
-from policyopt.runs import rundir
-from policyopt.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from policyopt.runs.files import atomic_write_text
-from policyopt.runs.logger import MetricLogger
-from policyopt.runs.progress import TrainProgress
+from policyopt.runs.checkpoint import load_checkpoint
+from policyopt.runs.lifecycle import FAMILIES, Cadence, Family, Phases, Run, execute, load_config
+from policyopt.runs.rundir import checkpoint_path
 
 
 @dataclass
@@ -383,226 +382,194 @@ def _action_scaler(action_space, device):
     return lambda a: low + (a + 1.0) * 0.5 * (high - low)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# ---- the phases ---------------------------------------------------------------------------------------
+class OffPolicyTrainer(Phases):
+    """The off-policy family's phases. One iteration = one vector-env step (``num_envs`` transitions):
+    :meth:`collect` acts and stores it, :meth:`update` makes the ``utd * num_envs`` gradient updates it earned."""
 
+    name = "off-policy"
 
-# ---- training ---------------------------------------------------------------------------------------
-class _Trainer:
-    """The training loop's state and phases: :meth:`collect` (act and store one vector step),
-    :meth:`learn` (the ``utd`` gradient updates it earned), :meth:`log`, :meth:`evaluate`, :meth:`save`."""
-
-    def __init__(self, cfg: OffPolicyConfig, run_dir: Path, resume: bool):
-        self.cfg, self.run_dir, self.device = cfg, run_dir, torch.device(cfg.device)
-        N = self.N = cfg.num_envs
+    def __init__(self, cfg: OffPolicyConfig, run: Run):
+        self.cfg, self.device, N = cfg, torch.device(cfg.device), cfg.num_envs
+        self.N = N
         self.envs = make_vec_env(cfg.env_id, N, cfg.seed, cfg.vectorization, cfg.env_kwargs)
         obs_dim, self.act_dim = _spaces_check(self.envs.single_observation_space, self.envs.single_action_space)
         self.to_env = _action_scaler(self.envs.single_action_space, self.device)
-        self.num_vec_steps = math.ceil(cfg.total_steps / N)
-        total_actor_updates = max(1, int(self.num_vec_steps * N * cfg.utd) // cfg.policy_delay)
+        self.iterations = math.ceil(cfg.total_steps / N)
+        self.cadence = Cadence(
+            log=Cadence.every(cfg.log_every, N),
+            evaluate=Cadence.every(cfg.eval_every, N),
+            checkpoint=Cadence.every(cfg.checkpoint_every, N),
+            guard=0,
+        )
+        self.start_iterations = math.ceil(cfg.learning_starts / N)  # of uniform random actions
+        total_actor_updates = max(1, int(self.iterations * N * cfg.utd) // cfg.policy_delay)
         self.learner = Learner(cfg, obs_dim, self.act_dim, total_actor_updates, self.device)
         self.obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
         self.buffer = ReplayBuffer(cfg.buffer_size, N, obs_dim, self.act_dim, cfg.n_step, cfg.gamma, self.device)
         self.noise = ExplorationNoise(cfg, N, self.act_dim, self.device)
-        self.ckpt_every = max(1, cfg.checkpoint_every // N) if cfg.checkpoint_every else self.num_vec_steps
-        self.eval_every = max(1, cfg.eval_every // N) if cfg.eval_every else None
-        self.log_every = max(1, cfg.log_every // N)
-        self.start_vec_steps = math.ceil(cfg.learning_starts / N)
-        self.ckpt_path = rundir.checkpoint_path(run_dir)
-        self.vec_step, self.num_updates, self.credit, self.env_epoch = 0, 0, 0.0, 0
-        self.recent = collections.deque(maxlen=100)  # (return, length) of finished training episodes
-        rows = None
-        if resume:
-            rows = self._restore()
-        else:
-            self.noise.reset(torch.ones(N, dtype=torch.bool))
-        self.logger = MetricLogger(
-            run_dir, cfg.tensorboard, resume_step=self.vec_step * N if resume else None, resume_rows=rows
-        )
+        self.noise.reset(torch.ones(N, dtype=torch.bool))  # a resumed run restores its state (and the RNG) after
+        for name, part in self.learner.parts().items():
+            run.track(name, part)
+        if cfg.save_buffer:
+            run.track("buffer", self.buffer)
+        run.track("obs_norm", self.obs_norm)
+        run.track("exploration", self.noise)
+        run.counters.update(global_step=0, num_updates=0, credit=0.0, env_epoch=0, recent=[])
         self.tracker = AutoresetTracker(N)
-        self.stats_acc: dict[str, list[Tensor]] = collections.defaultdict(list)
-        self.episodes_since_log: list[tuple[float, int]] = []
-        self.last_eval = None
+        self.episodes: list[tuple[float, int]] = []  # finished since the last log
+        self.t_start, self.steps_at_start, self.ret = time.time(), 0, None
 
-    def _parts(self) -> dict:
-        return {**self.learner.parts(), "obs_norm": self.obs_norm, "exploration": self.noise}
+    def step(self, iteration: int) -> int:
+        return iteration * self.N
 
-    def _restore(self) -> int | None:
-        state = load_checkpoint(self.ckpt_path)
-        for name, part in self._parts().items():
-            part.load_state_dict(state[name])
-        if "buffer" in state:
-            self.buffer.load_state_dict(state["buffer"])
-        set_rng_state(state["rng"])
-        c = state["counters"]
-        self.vec_step, self.num_updates, self.credit, self.env_epoch = (
-            c["vec_step"],
-            c["num_updates"],
-            c["credit"],
-            c["env_epoch"],
-        )
-        self.recent.extend(tuple(x) for x in state["recent"])
-        if self.vec_step >= self.num_vec_steps:
-            rundir.check_budget_left(self.run_dir, self.vec_step * self.N)
-        return state.get("metrics_rows")
+    # ---- environments ----------------------------------------------------------------------------------
+    def begin(self, run: Run) -> None:
+        self.steps_at_start, self.t_start = run.counters["global_step"], time.time()
+        self.recent = collections.deque((tuple(e) for e in run.counters["recent"]), maxlen=100)
+        self.ret = float(np.mean([e[0] for e in self.recent])) if self.recent else None
+        self._begin_env_epoch(run.counters["env_epoch"])
 
-    def save(self) -> None:
-        extra = {"buffer": self.buffer.state_dict()} if self.cfg.save_buffer else {}
-        counters = {
-            "vec_step": self.vec_step,
-            "num_updates": self.num_updates,
-            "credit": self.credit,
-            "env_epoch": self.env_epoch,
-        }
-        save_checkpoint(
-            self.ckpt_path,
-            {
-                **{name: part.state_dict() for name, part in self._parts().items()},
-                **extra,
-                "metrics_rows": self.logger.rows,
-                "rng": rng_state(),
-                "recent": [list(x) for x in self.recent],
-                "counters": counters,
-            },
-        )
-
-    def begin_env_epoch(self) -> None:
+    def _begin_env_epoch(self, epoch: int) -> None:
         """(Re-)seed and reset every sub-env; called at start, after each checkpoint and on resume."""
-        raw, _ = self.envs.reset(seed=seeds_for(self.cfg.seed, self.N, self.env_epoch))
+        raw, _ = self.envs.reset(seed=seeds_for(self.cfg.seed, self.N, epoch))
         self.tracker.reset()
         self.obs = torch.as_tensor(raw, dtype=torch.float32, device=self.device)
 
-    # ---- phases -----------------------------------------------------------------------------------------
-    def collect(self) -> None:
-        """Act (uniformly at random before ``learning_starts``), step the envs, store the transition."""
-        cfg, actor = self.cfg, self.learner.actor
-        with torch.no_grad():
-            if self.vec_step < self.start_vec_steps:
-                action = torch.rand((self.N, self.act_dim), device=self.device) * 2.0 - 1.0
-            else:
-                action = actor.explore(self.obs_norm(self.obs), self.noise)
+    def before_checkpoint(self, run: Run) -> None:
+        """Open episodes end at the checkpoint (as time limits); the envs are re-seeded after it."""
+        run.counters["env_epoch"] += 1
+        run.counters["recent"] = [list(e) for e in self.recent]
+        self.buffer.mark_truncated_last()
+
+    def after_checkpoint(self, run: Run) -> None:
+        self._begin_env_epoch(run.counters["env_epoch"])
+
+    def end(self, run: Run) -> None:
+        self.envs.close()
+
+    # ---- collect and update ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self, run: Run) -> None:
+        """Act (uniformly at random for the first ``learning_starts`` steps), step the envs, store the
+        transition (raw observations; ``valid = 0`` for the autoreset step)."""
+        cfg = self.cfg
+        if run.iteration <= self.start_iterations:
+            action = torch.rand((self.N, self.act_dim), device=self.device) * 2.0 - 1.0
+        else:
+            action = self.learner.actor.explore(self.obs_norm(self.obs), self.noise)
         raw, reward, terminated, truncated, _ = self.envs.step(self.to_env(action).cpu().numpy())
         valid, finished = self.tracker.step(reward, terminated, truncated)
         next_obs = torch.as_tensor(raw, dtype=torch.float32, device=self.device)
         if cfg.norm_obs:
             self.obs_norm(next_obs, update=True)
+        reward_t = torch.as_tensor(reward, dtype=torch.float32) * cfg.reward_scale
         self.buffer.add(
             self.obs,
             action,
-            torch.as_tensor(reward, dtype=torch.float32) * cfg.reward_scale,
+            reward_t,
             next_obs,
             torch.from_numpy(terminated),
             torch.from_numpy(truncated),
             torch.from_numpy(valid),
         )
         if finished:
-            self.episodes_since_log += finished
+            self.episodes += finished
             self.recent.extend(finished)
+            self.ret = float(np.mean([e[0] for e in self.recent]))
             self.noise.reset(torch.from_numpy((terminated | truncated) & valid))
         self.obs = next_obs
-        self.vec_step += 1
+        run.counters["global_step"] += self.N
 
-    def learn(self) -> None:
-        """The gradient updates earned by this vector step (``utd * num_envs`` credit)."""
-        if self.vec_step < self.start_vec_steps:
-            return
-        self.credit += self.cfg.utd * self.N
-        while self.credit >= 1.0:
-            self.credit -= 1.0
-            self.num_updates += 1
-            for key, v in self.learner.update(self.buffer, self.obs_norm, self.num_updates).items():
-                self.stats_acc[key].append(v)
+    def update(self, run: Run, batch: None) -> dict[str, Tensor]:
+        """The gradient updates this step earned (``utd * num_envs`` credit, from ``learning_starts`` on),
+        each on a fresh replay sample; their statistics are accumulated one by one."""
+        if run.iteration < self.start_iterations:
+            return {}
+        c = run.counters
+        c["credit"] += self.cfg.utd * self.N
+        while c["credit"] >= 1.0:
+            c["credit"] -= 1.0
+            c["num_updates"] += 1
+            run.accumulate(self.learner.update(self.buffer, self.obs_norm, c["num_updates"]))
+        return {}
 
-    def log(self, t_start: float, steps_at_start: int, bar: TrainProgress) -> None:
-        N = self.N
-        metrics = {k: torch.stack(v).float().mean() for k, v in self.stats_acc.items()}
-        if metrics and not bool(torch.isfinite(torch.stack(list(metrics.values()))).all()):
-            raise NonFiniteLoss(
-                f"non-finite loss at step {self.vec_step * N}; parameters not saved, "
-                f"last good checkpoint: {self.ckpt_path}"
-            )
-        metrics["train/steps_per_s"] = (self.vec_step * N - steps_at_start) / (time.time() - t_start)
-        metrics["train/updates"] = self.num_updates
-        if self.episodes_since_log:
-            metrics["train/episode_return"] = float(np.mean([e[0] for e in self.episodes_since_log]))
-            metrics["train/episode_length"] = float(np.mean([e[1] for e in self.episodes_since_log]))
-        self.logger.log(self.vec_step * N, metrics)
-        self.stats_acc.clear()
-        self.episodes_since_log = []
-        bar.update(
-            self.vec_step * N,
-            ret=float(np.mean([e[0] for e in self.recent])) if self.recent else None,
-            eval=self.last_eval["return_mean"] if self.last_eval else None,
-        )
+    # ---- log and evaluate ------------------------------------------------------------------------------
+    def log_metrics(self, run: Run) -> dict[str, Any]:
+        step = run.counters["global_step"]
+        metrics: dict[str, Any] = {
+            "train/steps_per_s": (step - self.steps_at_start) / (time.time() - self.t_start),
+            "train/updates": run.counters["num_updates"],
+        }
+        if self.episodes:
+            metrics["train/episode_return"] = float(np.mean([e[0] for e in self.episodes]))
+            metrics["train/episode_length"] = float(np.mean([e[1] for e in self.episodes]))
+        self.episodes = []
+        return metrics
 
-    def evaluate(self) -> dict:
+    def progress_info(self, run: Run) -> dict[str, Any]:
+        return {"ret": self.ret}
+
+    def evaluate(self, run: Run, final: bool) -> dict[str, Any]:
         cfg, actor = self.cfg, self.learner.actor
 
         def act(raw_obs: Tensor) -> Tensor:
             return self.to_env(actor.mode(self.obs_norm(raw_obs.to(self.device)))).cpu()
 
         with torch.no_grad():
-            res = evaluation.evaluate(act, cfg.env_id, cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs)
-        self.logger.log(self.vec_step * self.N, {f"eval/{k}": v for k, v in res.items() if k != "episodes"})
-        return res
+            return evaluation.evaluate(act, cfg.env_id, cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs)
+
+    def result(self, run: Run, final: dict[str, Any]) -> dict[str, Any]:
+        steps, seconds = run.counters["global_step"], max(time.time() - self.t_start, 1e-9)
+        return {
+            "eval_return_mean": final["return_mean"],
+            "eval_return_std": final["return_std"],
+            "steps": steps,
+            "updates": run.counters["num_updates"],
+            "train_seconds": round(seconds, 2),
+            "steps_per_s": round((steps - self.steps_at_start) / seconds, 1),
+        }
 
 
-def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False) -> dict:
+FAMILY = FAMILIES.register(
+    "control/off-policy",
+    Family(
+        "control/off-policy",
+        OffPolicyConfig,
+        "policyopt.control.offpolicy:train",
+        "policyopt.control.offpolicy:evaluate_run",
+    ),
+)
+
+
+def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False, **run_info: Any) -> dict:
+    """Train (or resume) an off-policy run in ``run_dir``; returns the final evaluation summary."""
     torch.set_num_threads(cfg.threads)
-    run_dir = Path(run_dir)
-    _seed_everything(cfg.seed)
-    tr = _Trainer(cfg, run_dir, resume)
-    N = tr.N
-    tr.begin_env_epoch()
-    t_start, steps_at_start = time.time(), tr.vec_step * N
-    with TrainProgress(tr.num_vec_steps * N, cfg.env_id, cfg.progress, start=tr.vec_step * N) as bar:
-        while tr.vec_step < tr.num_vec_steps:
-            tr.collect()
-            tr.learn()
-            final = tr.vec_step == tr.num_vec_steps
-            if tr.vec_step % tr.log_every == 0 or final:
-                tr.log(t_start, steps_at_start, bar)
-            if tr.eval_every and tr.vec_step % tr.eval_every == 0 and not final:
-                tr.last_eval = tr.evaluate()
-            if tr.vec_step % tr.ckpt_every == 0 or final:
-                tr.env_epoch += 1
-                tr.buffer.mark_truncated_last()
-                tr.save()
-                if not final:
-                    tr.begin_env_epoch()
-    tr.envs.close()
-    final_eval = tr.evaluate()
-    tr.logger.close()
-    result = {
-        "eval_return_mean": final_eval["return_mean"],
-        "eval_return_std": final_eval["return_std"],
-        "steps": tr.vec_step * N,
-        "updates": tr.num_updates,
-        "train_seconds": round(time.time() - t_start, 2),
-        "steps_per_s": round((tr.vec_step * N - steps_at_start) / max(time.time() - t_start, 1e-9), 1),
-    }
-    atomic_write_text(run_dir / "eval.json", json.dumps({**final_eval, "step": tr.vec_step * N}, indent=2))
-    return result
+    return execute(
+        FAMILY,
+        cfg,
+        run_dir,
+        resume,
+        lambda run: [OffPolicyTrainer(cfg, run)],
+        seed=cfg.seed,
+        tensorboard=cfg.tensorboard,
+        progress=cfg.progress,
+        info=run_info,
+    )
 
 
 # ---- evaluation of a saved run ------------------------------------------------------------------------
 def load_agent(run_dir: str | Path):
     """Rebuild a trained actor, its action scaling and frozen observation normalizer from a run directory."""
-    from policyopt import algos
-    from policyopt.config import resolve
-
-    info = rundir.read_info(run_dir)
-    cfg = resolve(algos.get(info["algo"]).config(), rundir.read_config(run_dir))
     import gymnasium as gym
 
+    cfg = load_config(run_dir, OffPolicyConfig)
     env = gym.make(cfg.env_id, **cfg.env_kwargs)
     obs_dim, act_dim = _spaces_check(env.observation_space, env.action_space)
     to_env = _action_scaler(env.action_space, "cpu")
     env.close()
     actor = build_actor(cfg, obs_dim, act_dim)
-    state = load_checkpoint(rundir.checkpoint_path(run_dir))
+    state = load_checkpoint(checkpoint_path(run_dir))
     actor.load_state_dict(state["actor"])
     obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
     obs_norm.load_state_dict(state["obs_norm"])
