@@ -37,32 +37,15 @@ def configure(algo: str, *, config_file: str | Path | None = None, sets: Mapping
     return algos.build_config(algo, config_file=config_file, sets=sets, flags=flags)
 
 
-def train(cfg: Any, out: str | Path, *, resume: bool = False, algo: str | None = None) -> dict[str, Any]:
-    """Train ``cfg`` (any family's config) into the run directory ``out``, or resume the run there."""
-    from policyopt.runs.lifecycle import FAMILIES, family_of
+def train(cfg: Any, out: str | Path, *, resume: bool = False, algo: str | None = None,
+          **run_info: Any) -> dict[str, Any]:
+    """Train ``cfg`` (any family's config) into the run directory ``out``, or resume the run there.
+    ``algo`` and ``run_info`` are recorded in ``run.json``."""
+    from policyopt.runs.lifecycle import family_of
 
-    if algo and not any(f.config is type(cfg) for _, f in FAMILIES.items()):
-        return _legacy_train(cfg, Path(out), resume, algo)  # TRANSITIONAL: removed once every family is ported
     fam = family_of(cfg)
-    info = {"algo": algo} if algo else {}
+    info = {"algo": algo, **run_info} if algo else dict(run_info)
     return fam.load("train")(cfg, Path(out), resume=resume, **info)
-
-
-def _legacy_train(cfg, run_dir: Path, resume: bool, algo: str):  # TRANSITIONAL
-    from policyopt import algos
-    a = algos.get(algo)
-    if not resume:
-        rundir.prepare_new(run_dir)
-        rundir.write_config(run_dir, cfg)
-    rundir.write_info(run_dir, algo=algo, family=a.family, status="running")
-    try:
-        result = a.load("train")(cfg, run_dir, resume=resume)
-    except BaseException as e:
-        rundir.write_info(run_dir, status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                          error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise
-    rundir.write_info(run_dir, status="finished")
-    return result
 
 
 def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: bool | None = None) -> dict[str, Any]:
@@ -70,15 +53,6 @@ def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: boo
     from policyopt.config import resolve
     from policyopt.runs.lifecycle import load_family
 
-    info = rundir.read_info(run_dir)
-    if info.get("family") not in _ported():  # TRANSITIONAL
-        from policyopt import algos
-
-        a = algos.get(info["algo"])
-        cfg = resolve(a.config(), rundir.read_config(run_dir), *([{"total_steps": int(total_steps)}]
-                                                                   if total_steps is not None else []))
-        rundir.write_config(run_dir, cfg)
-        return _legacy_train(cfg, Path(run_dir), True, info["algo"])
     fam = load_family(run_dir)
     layers: list[dict[str, Any]] = [rundir.read_config(run_dir)]
     if total_steps is not None:
@@ -96,14 +70,7 @@ def evaluate(run_dir: str | Path, *, episodes: int | None = None, video: bool = 
 
     if episodes is not None and (isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1):
         raise UserError(f"episodes must be a positive integer, got {episodes!r}")
-    info = rundir.read_info(run_dir)
-    if info.get("family") not in _ported():  # TRANSITIONAL
-        from policyopt import algos
-
-        ev = algos.get(info["algo"]).load("eval")
-    else:
-        ev = load_family(run_dir).load("evaluate")
-    result = ev(run_dir, episodes=episodes, video=video, deterministic=deterministic)
+    result = load_family(run_dir).load("evaluate")(run_dir, episodes=episodes, video=video, deterministic=deterministic)
     if save:
         folder = Path(run_dir) / "evals"
         folder.mkdir(exist_ok=True)
@@ -113,10 +80,4 @@ def evaluate(run_dir: str | Path, *, episodes: int | None = None, video: bool = 
         atomic_write_text(folder / f"eval-{n}.json", json.dumps({**result, "settings": settings}, indent=2))
         result = {**result, "saved": str(folder / f"eval-{n}.json")}
     return result
-
-
-def _ported():  # TRANSITIONAL
-    from policyopt.runs.lifecycle import FAMILIES
-
-    return FAMILIES.names()
 
