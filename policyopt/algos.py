@@ -8,6 +8,7 @@ validation never import a heavy trainer (transformers, MuJoCo) they do not need.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,13 @@ def get(name: str) -> Algorithm:
     return ALGORITHMS.get(name)
 
 
-def build_config(name: str, *, config_file: str | Path | None = None, sets: Mapping[str, Any] | None = None,
-                 flags: Mapping[str, Any] | None = None):
+def build_config(
+    name: str,
+    *,
+    config_file: str | Path | None = None,
+    sets: Mapping[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
+):
     """Resolve an algorithm's config: dataclass defaults < preset < tuned env/task preset < YAML file
     < ``--set`` pairs < explicit flags (``--env``, ``--seed``, ``--total-steps``...)."""
     algo = get(name)
@@ -72,9 +78,29 @@ def build_config(name: str, *, config_file: str | Path | None = None, sets: Mapp
     for k in flags:
         if k not in fields:
             raise UserError(f"option for {k!r} does not apply to algorithm {name!r} ({algo.family})")
-    target = flags.get(algo.target_key, sets.get(algo.target_key, file_layer.get(algo.target_key,
-                                                                                   algo.defaults.get(algo.target_key))))
+    target = flags.get(
+        algo.target_key, sets.get(algo.target_key, file_layer.get(algo.target_key, algo.defaults.get(algo.target_key)))
+    )
     if target is None:
         target = getattr(algo.config(), algo.target_key, None)
     tuned = algo.presets.get(str(target), {}) if target is not None else {}
-    return resolve(algo.config(), algo.defaults, tuned, file_layer, sets, flags)
+    cfg = resolve(algo.config(), algo.defaults, tuned, file_layer, sets, flags)
+    if target is not None and algo.presets and str(target) not in algo.presets:
+        _note_untuned(algo, str(target))
+    return cfg
+
+
+_NOTED: set[tuple[str, str]] = set()
+
+
+def _note_untuned(algo: Algorithm, target: str) -> None:
+    """Say on stderr, once per process for each (algorithm, target), that an algorithm with tuned presets has
+    none for ``target`` and runs with its defaults."""
+    if (algo.name, target) in _NOTED:
+        return
+    _NOTED.add((algo.name, target))
+    print(
+        f"policyopt: note: {algo.name} has no tuned preset for {target}; using its defaults "
+        f"(tuned: {', '.join(sorted(algo.presets))})",
+        file=sys.stderr,
+    )

@@ -15,30 +15,165 @@ TRAIN, EVAL = "policyopt.control.onpolicy:train", "policyopt.control.onpolicy:ev
 
 def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None) -> None:
     """Register a preset of the one on-policy trainer."""
-    register(Algorithm(name=name, family="control/on-policy", config=OnPolicyConfig, trainer=TRAIN, evaluator=EVAL,
-                       doc=doc, defaults=defaults or {}, presets=presets))
+    register(
+        Algorithm(
+            name=name,
+            family="control/on-policy",
+            config=OnPolicyConfig,
+            trainer=TRAIN,
+            evaluator=EVAL,
+            doc=doc,
+            defaults=defaults or {},
+            presets=presets,
+        )
+    )
+
 
 # openai/baselines PPO2 MuJoCo settings (also CleanRL's ppo_continuous_action.py).
-_MUJOCO_PPO = dict(num_envs=1, n_steps=2048, minibatch_size=64, epochs=10, learning_rate=3e-4, gamma=0.99,
-                   gae_lambda=0.95, ent_coef=0.0, vf_coef=0.5, vf_clip=0.2, clip_schedule="constant",
-                   norm_obs=True, norm_reward=True, total_steps=1_000_000, checkpoint_every=100_000)
+_MUJOCO_PPO = dict(
+    num_envs=1,
+    n_steps=2048,
+    minibatch_size=64,
+    epochs=10,
+    learning_rate=3e-4,
+    gamma=0.99,
+    gae_lambda=0.95,
+    ent_coef=0.0,
+    vf_coef=0.5,
+    vf_clip=0.2,
+    clip_schedule="constant",
+    norm_obs=True,
+    norm_reward=True,
+    total_steps=1_000_000,
+    checkpoint_every=100_000,
+)
 
 PPO_PRESETS = {
     # rl-zoo3 CartPole-v1: 8 envs, n_steps 32, batch 256, lambda 0.8, gamma 0.98, 20 epochs, lin 1e-3, lin clip 0.2
-    "CartPole-v1": dict(num_envs=8, n_steps=32, minibatch_size=256, gae_lambda=0.8, gamma=0.98, epochs=20,
-                        ent_coef=0.0, learning_rate=1e-3, lr_schedule="linear", clip_schedule="linear",
-                        vf_coef=1.0, vf_clip=None, total_steps=100_000, checkpoint_every=20_000),
+    "CartPole-v1": dict(
+        num_envs=8,
+        n_steps=32,
+        minibatch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        epochs=20,
+        ent_coef=0.0,
+        learning_rate=1e-3,
+        lr_schedule="linear",
+        clip_schedule="linear",
+        vf_coef=1.0,
+        vf_clip=None,
+        total_steps=100_000,
+        checkpoint_every=20_000,
+    ),
     # rl-zoo3 Acrobot-v1: normalize, 16 envs, n_steps 256, lambda 0.94, 4 epochs, batch 64 (SB3 default)
-    "Acrobot-v1": dict(num_envs=16, n_steps=256, minibatch_size=64, gae_lambda=0.94, gamma=0.99, epochs=4,
-                       ent_coef=0.0, learning_rate=3e-4, lr_schedule="constant", clip_schedule="constant",
-                       vf_coef=1.0, vf_clip=None, norm_obs=True, norm_reward=True, total_steps=1_000_000),
+    "Acrobot-v1": dict(
+        num_envs=16,
+        n_steps=256,
+        minibatch_size=64,
+        gae_lambda=0.94,
+        gamma=0.99,
+        epochs=4,
+        ent_coef=0.0,
+        learning_rate=3e-4,
+        lr_schedule="constant",
+        clip_schedule="constant",
+        vf_coef=1.0,
+        vf_clip=None,
+        norm_obs=True,
+        norm_reward=True,
+        total_steps=1_000_000,
+    ),
     # rl-zoo3 LunarLander: 16 envs, n_steps 1024, batch 64, lambda 0.98, gamma 0.999, 4 epochs, ent 0.01
-    "LunarLander-v3": dict(num_envs=16, n_steps=1024, minibatch_size=64, gae_lambda=0.98, gamma=0.999, epochs=4,
-                           ent_coef=0.01, learning_rate=3e-4, lr_schedule="constant", clip_schedule="constant",
-                           vf_coef=1.0, vf_clip=None, total_steps=1_000_000),
-    "Pendulum-v1": dict(num_envs=4, n_steps=1024, minibatch_size=64, gae_lambda=0.95, gamma=0.9, epochs=10,
-                        ent_coef=0.0, learning_rate=1e-3, lr_schedule="linear", clip_schedule="constant",
-                        vf_coef=1.0, vf_clip=None, norm_obs=True, norm_reward=True, total_steps=100_000),
+    "LunarLander-v3": dict(
+        num_envs=16,
+        n_steps=1024,
+        minibatch_size=64,
+        gae_lambda=0.98,
+        gamma=0.999,
+        epochs=4,
+        ent_coef=0.01,
+        learning_rate=3e-4,
+        lr_schedule="constant",
+        clip_schedule="constant",
+        vf_coef=1.0,
+        vf_clip=None,
+        total_steps=1_000_000,
+    ),
+    "Pendulum-v1": dict(
+        num_envs=4,
+        n_steps=1024,
+        minibatch_size=64,
+        gae_lambda=0.95,
+        gamma=0.9,
+        epochs=10,
+        ent_coef=0.0,
+        learning_rate=1e-3,
+        lr_schedule="linear",
+        clip_schedule="constant",
+        vf_coef=1.0,
+        vf_clip=None,
+        norm_obs=True,
+        norm_reward=True,
+        total_steps=100_000,
+    ),
+    # rl-zoo3 MountainCar-v0: normalize, 16 envs, n_steps 16, lambda 0.98, 4 epochs, batch 64 (SB3 default)
+    "MountainCar-v0": dict(
+        num_envs=16,
+        n_steps=16,
+        minibatch_size=64,
+        gae_lambda=0.98,
+        gamma=0.99,
+        epochs=4,
+        ent_coef=0.0,
+        learning_rate=3e-4,
+        lr_schedule="constant",
+        clip_schedule="constant",
+        vf_coef=1.0,
+        vf_clip=None,
+        norm_obs=True,
+        norm_reward=True,
+        total_steps=1_000_000,
+    ),
+    # rl-zoo3 MountainCarContinuous-v0 without gSDE: see "Tuned presets" in docs/control.md
+    "MountainCarContinuous-v0": dict(
+        num_envs=1,
+        n_steps=8,
+        minibatch_size=8,
+        gae_lambda=0.9,
+        gamma=0.9999,
+        epochs=10,
+        ent_coef=0.00429,
+        learning_rate=7.77e-5,
+        lr_schedule="constant",
+        clip_schedule="constant",
+        loss={"clip_eps_low": 0.1},
+        max_grad_norm=5.0,
+        vf_coef=0.38,
+        vf_clip=None,
+        norm_obs=True,
+        norm_reward=True,
+        ortho_init=False,
+        log_std_init=-3.29,
+        total_steps=20_000,
+        checkpoint_every=0,
+    ),
+    # rl-zoo3 LunarLanderContinuous-v3: as LunarLander
+    "LunarLanderContinuous-v3": dict(
+        num_envs=16,
+        n_steps=1024,
+        minibatch_size=64,
+        gae_lambda=0.98,
+        gamma=0.999,
+        epochs=4,
+        ent_coef=0.01,
+        learning_rate=3e-4,
+        lr_schedule="constant",
+        clip_schedule="constant",
+        vf_coef=1.0,
+        vf_clip=None,
+        total_steps=1_000_000,
+    ),
     "HalfCheetah-v5": dict(_MUJOCO_PPO),
     "Hopper-v5": dict(_MUJOCO_PPO),
     "Walker2d-v5": dict(_MUJOCO_PPO),
@@ -47,30 +182,62 @@ PPO_PRESETS = {
 _on_policy(
     name="ppo",
     doc="PPO, clipped surrogate + GAE (Schulman et al., 2017, 'Proximal Policy Optimization Algorithms')",
-    presets=PPO_PRESETS)
+    presets=PPO_PRESETS,
+)
 
 # A2C: one gradient step per rollout on the whole batch, plain policy gradient, RMSprop, no advantage
 # normalization (Mnih et al., 2016, "Asynchronous Methods for Deep RL"; SB3's synchronous defaults).
-A2C = dict(policy_loss="pg", n_steps=5, num_envs=8, epochs=1, minibatch_size=40, learning_rate=7e-4,
-           lr_schedule="constant", optimizer="rmsprop", gae_lambda=1.0, adv_norm="none", ent_coef=0.0,
-           vf_coef=1.0, vf_clip=None, max_grad_norm=0.5)
+A2C = dict(
+    policy_loss="pg",
+    n_steps=5,
+    num_envs=8,
+    epochs=1,
+    minibatch_size=40,
+    learning_rate=7e-4,
+    lr_schedule="constant",
+    optimizer="rmsprop",
+    gae_lambda=1.0,
+    adv_norm="none",
+    ent_coef=0.0,
+    vf_coef=1.0,
+    vf_clip=None,
+    max_grad_norm=0.5,
+)
 _on_policy(
     name="a2c",
     doc="A2C, synchronous advantage actor-critic (Mnih et al., 2016, 'Asynchronous Methods for Deep RL')",
     defaults=A2C,
-    presets={"CartPole-v1": dict(total_steps=500_000, checkpoint_every=100_000),
-             "Acrobot-v1": dict(num_envs=16, minibatch_size=80, norm_obs=True, total_steps=500_000)})
+    presets={
+        "CartPole-v1": dict(total_steps=500_000, checkpoint_every=100_000),
+        "Acrobot-v1": dict(num_envs=16, minibatch_size=80, norm_obs=True, total_steps=500_000),
+    },
+)
 
 # REINFORCE with a learned value baseline: Monte-Carlo returns, one gradient step per batch of episodes.
-REINFORCE = dict(policy_loss="pg", advantage="mc", num_envs=8, n_steps=500, epochs=1, minibatch_size=4000,
-                 learning_rate=3e-3, lr_schedule="constant", adv_norm="batch", ent_coef=0.0, vf_coef=0.5,
-                 vf_clip=None, max_grad_norm=0.5)
+REINFORCE = dict(
+    policy_loss="pg",
+    advantage="mc",
+    num_envs=8,
+    n_steps=500,
+    epochs=1,
+    minibatch_size=4000,
+    learning_rate=3e-3,
+    lr_schedule="constant",
+    adv_norm="batch",
+    ent_coef=0.0,
+    vf_coef=0.5,
+    vf_clip=None,
+    max_grad_norm=0.5,
+)
 _on_policy(
     name="reinforce",
     doc="REINFORCE with a value baseline (Williams, 1992)",
     defaults=REINFORCE,
-    presets={"CartPole-v1": dict(total_steps=300_000, checkpoint_every=100_000),
-             "Acrobot-v1": dict(total_steps=500_000, norm_obs=True)})
+    presets={
+        "CartPole-v1": dict(total_steps=300_000, checkpoint_every=100_000),
+        "Acrobot-v1": dict(total_steps=500_000, norm_obs=True),
+    },
+)
 
 # ---- the seeds' on-policy methods: the same trainer with other boxes (issue 5) --------------------------
 # Per-environment settings are PPO's tuned ones; each method only swaps a box.
@@ -80,32 +247,36 @@ _on_policy(
 _on_policy(
     name="props",
     doc="PROPS: PPO on a buffer collected by an adaptive behaviour policy that lowers sampling error "
-        "(Corrado & Hanna, 'On-Policy Policy Gradient RL Without On-Policy Sampling')",
+    "(Corrado & Hanna, 'On-Policy Policy Gradient RL Without On-Policy Sampling')",
     defaults=dict(sampler="props"),
-    presets={k: {**v, **({"props": {"every": 64}} if k == "CartPole-v1" else {})} for k, v in PPO_PRESETS.items()})
+    presets={k: {**v, **({"props": {"every": 64}} if k == "CartPole-v1" else {})} for k, v in PPO_PRESETS.items()},
+)
 
 # On-policy MDPO: -A r + (1/t_k) KL(pi || pi_k), t_k = 1 - k/K, several SGD steps per iteration (Tomar et al.).
 _on_policy(
     name="mdpo",
     doc="On-policy MDPO: KL proximity to the previous policy with annealed step size t_k "
-        "(Tomar et al., 2022, 'Mirror Descent Policy Optimization')",
+    "(Tomar et al., 2022, 'Mirror Descent Policy Optimization')",
     defaults=dict(policy_loss="kl_proximal", trust_region="mdpo"),
-    presets=PPO_PRESETS)
+    presets=PPO_PRESETS,
+)
 
 # PPO-EWMA: clip against an EWMA of past weights, IS-corrected to the behaviour policy; EWMA advantage
 # normalization (Hilton, Cobbe & Schulman, "Batch size-invariance for policy optimization").
 _on_policy(
     name="ppo_ewma",
     doc="PPO-EWMA: proximal policy = EWMA of past weights, decoupled from the behaviour policy "
-        "(Hilton et al., 2022, 'Batch size-invariance for policy optimization')",
+    "(Hilton et al., 2022, 'Batch size-invariance for policy optimization')",
     defaults=dict(proximal="ewma", adv_norm="ewma"),
-    presets=PPO_PRESETS)
+    presets=PPO_PRESETS,
+)
 
 # FixPO: -A r + beta KL with adaptive beta, plus a fix-up phase that guarantees max KL <= eps_kl after every
 # epoch (Zentner et al., "Guaranteed Trust Region Optimization via Two-Phase KL Penalization").
 _on_policy(
     name="fixpo",
     doc="FixPO: adaptive KL penalty + fix-up phase guaranteeing the trust region on every update "
-        "(Zentner et al., 2023, 'Guaranteed Trust Region Optimization via Two-Phase KL Penalization')",
+    "(Zentner et al., 2023, 'Guaranteed Trust Region Optimization via Two-Phase KL Penalization')",
     defaults=dict(policy_loss="kl_proximal", trust_region="fixpo"),
-    presets=PPO_PRESETS)
+    presets=PPO_PRESETS,
+)

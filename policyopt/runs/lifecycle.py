@@ -274,7 +274,7 @@ class Run:
     def open_logger(self, step: int) -> None:
         rows = getattr(self, "_metrics_rows", None) if self.resume else None
         self.logger = MetricLogger(self.dir, self._tensorboard, resume_step=step if self.resume else None,
-                                   resume_rows=rows)
+                                   resume_rows=rows, trackers=getattr(self.cfg, "trackers", []), config=self.cfg)
 
     def accumulate(self, stats: Mapping[str, Any]) -> None:
         for k, v in stats.items():
