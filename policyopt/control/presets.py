@@ -239,7 +239,7 @@ _on_policy(
     },
 )
 
-# ---- the seeds' on-policy methods: the same trainer with other boxes (issue 5) --------------------------
+# ---- PROPS, MDPO, PPO-EWMA, FixPO: the same trainer with other boxes ----------------------------------------
 # Per-environment settings are PPO's tuned ones; each method only swaps a box.
 
 # PROPS: adaptive behaviour policy + buffer of the last 2 rollouts, PPO on the aggregate (Corrado & Hanna,
