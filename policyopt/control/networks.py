@@ -211,6 +211,8 @@ class PolicySample:
 class GaussianActor(nn.Module):
     """``obs -> (mean, log_std)`` of a Gaussian squashed by tanh into [-1, 1] (SAC)."""
 
+    stochastic = True  # the target action is a fresh sample of the online actor: no target network
+
     def __init__(self, obs_dim: int, act_dim: int, hidden, activation: str):
         super().__init__()
         self.net = mlp(obs_dim, hidden, 2 * act_dim, activation, ortho_init=False)
@@ -246,6 +248,8 @@ class GaussianActor(nn.Module):
 
 class DeterministicActor(nn.Module):
     """``obs -> tanh(mlp(obs))`` in [-1, 1] (TD3/DDPG)."""
+
+    stochastic = False
 
     def __init__(self, obs_dim: int, act_dim: int, hidden, activation: str):
         super().__init__()

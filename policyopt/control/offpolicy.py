@@ -258,7 +258,7 @@ class Learner:
             num_atoms=cfg.num_atoms,
         ).to(device)
         self.critic_t = copy.deepcopy(self.critic).requires_grad_(False)
-        smoothed_from_target = cfg.actor == "deterministic" and cfg.target_action_from == "target"
+        smoothed_from_target = not self.actor.stochastic and cfg.target_action_from == "target"
         self.actor_t = copy.deepcopy(self.actor).requires_grad_(False) if smoothed_from_target else None
         self.old_actor = (
             copy.deepcopy(self.actor).requires_grad_(False) if "logp_old" in self.actor_meta["needs"] else None
