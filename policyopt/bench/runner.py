@@ -3,7 +3,9 @@
 Bench directory layout::
 
     OUT/bench.json      spec, evaluation protocol, executor, cell outcomes
+    OUT/.bench.lock     held while a bench runs here: a second bench on the same OUT is refused
     OUT/runs/ALGO__TARGET__sSEED/   ordinary run directories (policyopt eval / train --resume accept them)
+    OUT/runs/.ALGO__TARGET__sSEED.lock   held while that cell trains
     OUT/results.csv     one row per cell: status, error, final score, AUC, normalized score
     OUT/curves.csv      tidy evaluation curves: algo,target,seed,step,value
 """
@@ -22,6 +24,7 @@ from policyopt.bench.spec import BenchSpec, Cell, EvalProtocol, config_digest, e
 from policyopt.errors import UserError
 from policyopt.runs.files import atomic_write_text
 
+BENCH_LOCK = ".bench.lock"
 RESULT_COLUMNS = [
     "algo",
     "target",
@@ -65,11 +68,24 @@ def run_bench(
     ray_address: str | None = None,
     log=print,
 ) -> dict[str, Any]:
-    from policyopt.bench.executors import executor
+    """Run the cells of ``spec`` that have not finished into ``out``; refuse if another bench runs there."""
+    from policyopt.bench.executors import FileLock
 
     out = Path(out)
+    cells = expand(spec, out)  # a spec the grid refuses creates nothing
     out.mkdir(parents=True, exist_ok=True)
-    cells = expand(spec, out)
+    with FileLock(out / BENCH_LOCK) as lock:
+        if not lock.acquire():
+            holder = lock.holder()
+            raise UserError(
+                f"another policyopt bench is running in {str(out)!r}{f' ({holder})' if holder else ''}; "
+                "wait for it to finish or use another --out"
+            )
+        return _run_locked(spec, cells, out, workers, use_ray, ray_address, log)
+
+
+def _jobs(cells: list[Cell], seeds: list[int]) -> tuple[list[dict], int]:
+    """The jobs for the cells that have not finished (seed-major order) and the number already finished."""
     jobs, skipped = [], 0
     for c in cells:
         digest = config_digest(c.config)
@@ -82,13 +98,22 @@ def run_bench(
                 "target": c.target,
                 "seed": c.seed,
                 "config": c.config,
-                "run_dir": c.run_dir,
+                "run_dir": str(Path(c.run_dir).absolute()),  # Ray workers need not share our working directory
                 "digest": digest,
             }
         )
     # Seed-major order: an interrupted bench holds whole seeds of every algorithm, not all seeds of the first.
-    order = {s: i for i, s in enumerate(spec.seeds)}
+    order = {s: i for i, s in enumerate(seeds)}
     jobs.sort(key=lambda j: (order[j["seed"]], j["target"], j["algo"]))
+    return jobs, skipped
+
+
+def _run_locked(
+    spec: BenchSpec, cells: list[Cell], out: Path, workers: int, use_ray: bool, ray_address: str | None, log
+):
+    from policyopt.bench.executors import executor
+
+    jobs, skipped = _jobs(cells, spec.seeds)
     kind = f"ray({ray_address or 'local'})" if use_ray else "local process pool"
     log(
         f"bench {spec.name!r}: {len(cells)} cells, {skipped} already finished, {len(jobs)} to run "
@@ -105,7 +130,7 @@ def run_bench(
             f"({res.get('seconds', 0):.1f}s) {extra}".rstrip()
         )
     wall = time.time() - t0
-    rows, curves = collect(cells, spec.protocol, spec.reference_scores)
+    rows, curves = collect(cells, spec.protocol, spec.reference_scores, outcomes)
     failed = [r for r in rows if r["status"] != "finished"]
     write_tables(out, rows, curves)
     prev = json.loads((out / "bench.json").read_text()) if (out / "bench.json").exists() else {}
@@ -122,17 +147,16 @@ def run_bench(
             "skipped": skipped,
             "wall_seconds": round(wall, 1),
             "cell_seconds": round(sum(r.get("seconds", 0) for r in outcomes.values()), 1),
+            "outcomes": [
+                {k: r.get(k) for k in ("algo", "target", "seed", "status", "resumed", "seconds", "error")}
+                for r in outcomes.values()
+            ],
         },
         "total_wall_seconds": round(prev.get("total_wall_seconds", 0) + wall, 1),
-        "command": " ".join(["policyopt", *sys.argv[1:]])
-        if sys.argv and "policyopt" in sys.argv[0]
-        else None,
+        "command": " ".join(["policyopt", *sys.argv[1:]]) if sys.argv and "policyopt" in sys.argv[0] else None,
     }
     atomic_write_text(out / "bench.json", json.dumps(meta, indent=2, default=str))
-    log(
-        f"done in {wall:.1f}s: {meta['finished']} finished, {len(failed)} failed; "
-        f"results: {out / 'results.csv'}"
-    )
+    log(f"done in {wall:.1f}s: {meta['finished']} finished, {len(failed)} failed; results: {out / 'results.csv'}")
     for r in failed:
         log(f"  FAILED {r['algo']} {r['target']} seed={r['seed']}: {r['error']}")
     return meta
@@ -163,14 +187,26 @@ def normalize(score: float, ref: dict[str, float] | None) -> float:
     return (score - ref["low"]) / (ref["high"] - ref["low"])
 
 
-def collect(cells: list[Cell], protocol: EvalProtocol, refs: dict[str, dict[str, float]]):
+def collect(
+    cells: list[Cell],
+    protocol: EvalProtocol,
+    refs: dict[str, dict[str, float]],
+    outcomes: dict[tuple, dict] | None = None,
+):
+    """The results rows and tidy curves of ``cells``, read from their run directories. A cell this invocation
+    skipped (its lock was held by another process) is reported as skipped, without reading a run directory
+    that other process may be writing."""
     from policyopt.runs.logger import read_metrics
 
     rows, curves = [], []
     for c in cells:
         run_dir = Path(c.run_dir)
-        info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-        status = info.get("status", "missing")
+        outcome = (outcomes or {}).get(c.key, {})
+        if outcome.get("status") == "skipped":
+            info, status = {"error": outcome.get("error", "")}, "skipped"
+        else:
+            info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+            status = info.get("status", "missing")
         if status == "finished" and not (run_dir / "eval.json").exists():
             status = "failed"
         series = sorted(read_metrics(run_dir).get(protocol.metric, [])) if status == "finished" else []
@@ -193,9 +229,7 @@ def collect(cells: list[Cell], protocol: EvalProtocol, refs: dict[str, dict[str,
                 "run_dir": c.run_dir,
             }
         )
-        curves += [
-            {"algo": c.algo, "target": c.target, "seed": c.seed, "step": s, "value": v} for s, v in series
-        ]
+        curves += [{"algo": c.algo, "target": c.target, "seed": c.seed, "step": s, "value": v} for s, v in series]
     return rows, curves
 
 
@@ -217,33 +251,86 @@ def write_tables(out: Path, rows: list[dict], curves: list[dict]) -> None:
         tmp.replace(out / name)
 
 
+REPORT_COLUMNS = ["algo", "target", "seed", "status", "final_score", "auc", "normalized_score", "error"]
+CURVE_COLUMNS = ["algo", "target", "seed", "step", "value"]
+RESULT_NUMBERS = ("final_score", "auc", "normalized_score")
+
+
+def _read_csv(path: Path, columns: list[str], convert) -> list[dict]:
+    """The rows of ``path`` with ``convert`` applied; UserError (one line) for a file that is not such a table."""
+    what = f"{str(path)!r} is not a bench table"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{what}: missing columns {missing} (expected {columns})")
+            rows = []
+            for r in reader:
+                try:
+                    rows.append(convert(r))
+                except (TypeError, ValueError) as e:
+                    raise UserError(f"{what}: line {reader.line_num}: {e}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return rows
+
+
+def _number(v: Any, column: str) -> float:
+    if v in ("", None):
+        return math.nan
+    try:
+        return float(v)
+    except ValueError:
+        raise ValueError(f"column {column!r} holds {v!r}, not a number") from None
+
+
+def _integer(v: Any, column: str) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"column {column!r} holds {v!r}, not an integer") from None
+
+
+def _result_row(r: dict) -> dict:
+    if None in r:
+        raise ValueError("more fields than the header has columns")
+    if any(r[c] in ("", None) for c in ("algo", "target", "status")):
+        raise ValueError("empty algo, target or status")
+    return dict(r, seed=_integer(r["seed"], "seed"), **{c: _number(r[c], c) for c in RESULT_NUMBERS})
+
+
+def _curve_row(r: dict) -> dict:
+    if None in r:
+        raise ValueError("more fields than the header has columns")
+    step = _number(r["step"], "step")
+    if math.isnan(step):
+        raise ValueError("empty step")
+    return dict(r, seed=_integer(r["seed"], "seed"), step=int(step), value=_number(r["value"], "value"))
+
+
 def read_tables(bench_dir: str | Path) -> tuple[list[dict], list[dict], dict]:
+    """``results.csv`` rows, ``curves.csv`` rows and ``bench.json`` of a bench directory, checked: anything
+    that is not such a table (missing columns, non-numbers, no cells) is a one-line UserError."""
     d = Path(bench_dir)
-    if not (d / "results.csv").exists():
-        raise UserError(
-            f"{str(d)!r} is not a bench directory (no results.csv); run `policyopt bench SPEC` first"
-        )
-
-    def num(v):
-        return math.nan if v in ("", None) else float(v)
-
-    with open(d / "results.csv", newline="") as f:
-        rows = [
-            dict(
-                r,
-                seed=int(r["seed"]),
-                final_score=num(r["final_score"]),
-                auc=num(r["auc"]),
-                normalized_score=num(r["normalized_score"]),
-            )
-            for r in csv.DictReader(f)
-        ]
-    curves = []
-    if (d / "curves.csv").exists():
-        with open(d / "curves.csv", newline="") as f:
-            curves = [
-                dict(r, seed=int(r["seed"]), step=int(float(r["step"])), value=float(r["value"]))
-                for r in csv.DictReader(f)
-            ]
-    meta = json.loads((d / "bench.json").read_text()) if (d / "bench.json").exists() else {}
+    if not (d / "results.csv").is_file():
+        raise UserError(f"{str(d)!r} is not a bench directory (no results.csv); run `policyopt bench SPEC` first")
+    rows = _read_csv(d / "results.csv", REPORT_COLUMNS, _result_row)
+    if not rows:
+        raise UserError(f"{str(d / 'results.csv')!r} has no cells (only a header); run `policyopt bench SPEC` first")
+    seen: set[tuple] = set()
+    for r in rows:
+        key = (r["algo"], r["target"], r["seed"])
+        if key in seen:
+            raise UserError(f"{str(d / 'results.csv')!r} lists cell {key} twice; one row per cell is expected")
+        seen.add(key)
+    curves = _read_csv(d / "curves.csv", CURVE_COLUMNS, _curve_row) if (d / "curves.csv").is_file() else []
+    meta: dict = {}
+    if (d / "bench.json").is_file():
+        try:
+            meta = json.loads((d / "bench.json").read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{str(d / 'bench.json')!r} is not valid JSON: {e}") from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{str(d / 'bench.json')!r} must hold a JSON object")
     return rows, curves, meta

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,21 @@ class EvalProtocol:
             if isinstance(self.every, dict)
             else f"{self.every:,}"
         )
-        ctl = (f"deterministic policy (mode of the action distribution), normalizers frozen; {self.episodes} "
-               f"evaluation episodes")
-        lms = ("greedy decoding of the task's held-out prompts (`eval_size` of them), accuracy = the fraction "
-               "whose accuracy reward is 1, evaluated")
-        what = (f"Control: {ctl}; language models: {lms}" if control and lm
-                else ctl[0].upper() + ctl[1:] if control else lms[0].upper() + lms[1:])
+        ctl = (
+            f"deterministic policy (mode of the action distribution), normalizers frozen; {self.episodes} "
+            f"evaluation episodes"
+        )
+        lms = (
+            "greedy decoding of the task's held-out prompts (`eval_size` of them), accuracy = the fraction "
+            "whose accuracy reward is 1, evaluated"
+        )
+        what = (
+            f"Control: {ctl}; language models: {lms}"
+            if control and lm
+            else ctl[0].upper() + ctl[1:]
+            if control
+            else lms[0].upper() + lms[1:]
+        )
         return (
             f"{what} every K steps (K = {every}) and once more at the end of training; metric "
             f"`{self.metric}`. Final score of a run = mean of its last {self.last} evaluations. Area under the "
@@ -149,6 +159,58 @@ def _per_target(v: Any, what: str, targets: list[str]) -> dict[str, int] | int |
     return _int(v, what)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _name(v: Any) -> str:
+    if v is None:
+        return "bench"
+    if not isinstance(v, str | int) or isinstance(v, bool):
+        raise UserError(f"bench spec: 'name' must be a string, got {v!r}")
+    return safe_component(str(v), "bench")
+
+
+def _metric(v: Any) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise UserError(
+            f"bench spec: 'metric' must be the name of a logged evaluation metric (e.g. eval/return_mean, "
+            f"eval/accuracy), got {v!r}"
+        )
+    return v
+
+
+def _optional_str(v: Any, key: str) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise UserError(f"bench spec: {key!r} must be a string, got {v!r}")
+    return v
+
+
+def _reference_scores(refs: Any, targets: list[str]) -> dict[str, dict[str, float]]:
+    """``{target: {low, high}}`` with finite numbers, high != low, for targets of the spec."""
+    if refs is None:
+        return {}
+    if not isinstance(refs, dict):
+        raise UserError(f"bench spec: 'reference_scores' must map targets to {{low, high}}, got {refs!r}")
+    for t, r in refs.items():
+        if t not in targets:
+            raise UserError(f"bench spec: reference_scores names {t!r}, which is not a target; targets: {targets}")
+        if (
+            not isinstance(r, dict)
+            or set(r) != {"low", "high"}
+            or not all(_is_number(r[k]) for k in ("low", "high"))
+            or r["high"] == r["low"]
+        ):
+            raise UserError(
+                f"bench spec: reference_scores[{t!r}] must be {{low: number, high: number}} with high != low, got {r!r}"
+            )
+    return {t: {"low": float(r["low"]), "high": float(r["high"])} for t, r in refs.items()}
+
+
 def parse_spec(data: dict[str, Any]) -> BenchSpec:
     if not isinstance(data, dict):
         raise UserError("bench spec must be a YAML mapping")
@@ -172,11 +234,7 @@ def parse_spec(data: dict[str, Any]) -> BenchSpec:
     seeds = data.get("seeds", 3)
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = list(range(1, _int(seeds, "seeds") + 1))
-    elif (
-        isinstance(seeds, list)
-        and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-        and seeds
-    ):
+    elif isinstance(seeds, list) and seeds and all(_is_int(s) for s in seeds):
         seeds = list(dict.fromkeys(seeds))
     else:
         raise UserError(f"bench spec: 'seeds' must be a count or a list of integers, got {seeds!r}")
@@ -193,12 +251,10 @@ def parse_spec(data: dict[str, Any]) -> BenchSpec:
         every=_per_target(ev["every"], "eval.every", targets),
         episodes=_int(ev.get("episodes", 10), "eval.episodes"),
         last=_int(ev.get("last", 3), "eval.last"),
-        metric=str(data.get("metric", "eval/return_mean")),
+        metric=_metric(data.get("metric", "eval/return_mean")),
     )
     if isinstance(protocol.every, dict) and set(targets) - set(protocol.every):
-        raise UserError(
-            f"bench spec: eval.every has no value for {sorted(set(targets) - set(protocol.every))}"
-        )
+        raise UserError(f"bench spec: eval.every has no value for {sorted(set(targets) - set(protocol.every))}")
     sets = data.get("sets") or {}
     if not isinstance(sets, dict):
         raise UserError("bench spec: 'sets' must be a mapping of config keys to values")
@@ -210,17 +266,16 @@ def parse_spec(data: dict[str, Any]) -> BenchSpec:
             not isinstance(o, dict)
             or set(o) - {"algo", "target", "seed", "sets"}
             or not isinstance(o.get("sets"), dict)
+            or not isinstance(o.get("algo", ""), str)
+            or not isinstance(o.get("target", ""), str)
+            or not _is_int(o.get("seed", 0))
         ):
-            raise UserError(f"bench spec: overrides[{i}] must be {{algo?, target?, seed?, sets: {{...}}}}")
-    refs = data.get("reference_scores") or {}
-    for t, r in refs.items():
-        if t not in targets or not isinstance(r, dict) or set(r) != {"low", "high"} or r["high"] == r["low"]:
             raise UserError(
-                f"bench spec: reference_scores[{t!r}] must be {{low, high}} (high != low) "
-                f"for a target in the spec"
+                f"bench spec: overrides[{i}] must be {{algo?: name, target?: name, seed?: integer, sets: {{...}}}}, "
+                f"got {o!r}"
             )
     return BenchSpec(
-        name=str(data.get("name", "bench")),
+        name=_name(data.get("name")),
         algos=algos_,
         envs=envs,
         tasks=tasks,
@@ -229,9 +284,9 @@ def parse_spec(data: dict[str, Any]) -> BenchSpec:
         protocol=protocol,
         sets=sets,
         overrides=overrides,
-        reference_scores={t: {"low": float(r["low"]), "high": float(r["high"])} for t, r in refs.items()},
-        out=data.get("out"),
-        description=str(data.get("description", "")),
+        reference_scores=_reference_scores(data.get("reference_scores"), targets),
+        out=_optional_str(data.get("out"), "out"),
+        description=_optional_str(data.get("description"), "description") or "",
     )
 
 
@@ -239,12 +294,17 @@ def load_spec(path: str | Path) -> BenchSpec:
     return parse_spec(load_yaml(path))
 
 
-def _safe(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+def safe_component(s: str, default: str) -> str:
+    """``s`` as one path component, cleaned like run names: every character but ASCII letters, digits, ``-``,
+    ``_`` and ``.`` becomes ``_``, and leading dots are dropped, so no ``..``, absolute path, separator
+    (``ALE/Pong-v5``) or drive letter (``a:b``) leaves or hides in the folder it is joined to; ``default`` if
+    nothing is left."""
+    cleaned = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in s)
+    return cleaned.lstrip(".") or default
 
 
 def cell_dir_name(algo: str, target: str, seed: int) -> str:
-    return f"{_safe(algo)}__{_safe(target)}__s{seed}"
+    return f"{safe_component(algo, 'algo')}__{safe_component(target, 'target')}__s{seed}"
 
 
 def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
@@ -254,15 +314,14 @@ def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
     the grid's own keys (target, seed, budget, evaluation protocol)."""
     from policyopt import algos
 
-    cells = []
+    cells: list[Cell] = []
+    dirs: dict[str, str] = {}
     for name in spec.algos:
         algo = algos.get(name)
         targets = spec.envs if algo.target_key == "env_id" else spec.tasks
         if not targets:
             kind = "envs" if algo.target_key == "env_id" else "tasks"
-            raise UserError(
-                f"bench spec: algorithm {name!r} needs {kind!r} (its target is {algo.target_key!r})"
-            )
+            raise UserError(f"bench spec: algorithm {name!r} needs {kind!r} (its target is {algo.target_key!r})")
         fields = set(algo.config.__dataclass_fields__)
         for target in targets:
             for seed in spec.seeds:
@@ -278,9 +337,7 @@ def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
                 budget = spec.budget_for(target)
                 if budget is not None:
                     if "total_steps" not in fields:
-                        raise UserError(
-                            f"bench spec: 'budget' sets total_steps, which {name!r} does not have"
-                        )
+                        raise UserError(f"bench spec: 'budget' sets total_steps, which {name!r} does not have")
                     flags["total_steps"] = budget
                 # The evaluation protocol, for configs that expose these keys (control presets do; a preset
                 # family with other names gets them through `sets`).
@@ -292,6 +349,13 @@ def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
                     if k in fields:
                         flags[k] = v
                 cfg = algos.build_config(name, sets=sets, flags=flags)
+                run_dir = str(Path(out) / "runs" / cell_dir_name(name, target, seed))
+                if run_dir in dirs:
+                    raise UserError(
+                        f"bench spec: cells {dirs[run_dir]} and {name} {target} seed={seed} would share the run "
+                        f"directory {run_dir!r} (their names differ only in characters a path cannot hold)"
+                    )
+                dirs[run_dir] = f"{name} {target} seed={seed}"
                 cells.append(
                     Cell(
                         algo=name,
@@ -300,7 +364,7 @@ def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
                         target_key=algo.target_key,
                         family=algo.family,
                         config=to_dict(cfg),
-                        run_dir=str(Path(out) / "runs" / cell_dir_name(name, target, seed)),
+                        run_dir=run_dir,
                     )
                 )
     return cells

@@ -14,7 +14,9 @@ def add_parser(sub):
         help="run a multi-seed benchmark grid from a spec (resumable)",
         description="Run every cell (algorithm x env-or-task x seed) of SPEC as an ordinary run "
         "directory under OUT/runs, skipping cells that already finished, then write "
-        "OUT/results.csv and OUT/curves.csv and (unless --no-report) the report.",
+        "OUT/results.csv and OUT/curves.csv and (unless --no-report) the report. Only one bench runs in an "
+        "OUT at a time (a second is refused); worker processes die with the bench, and a re-run resumes "
+        "interrupted cells from their checkpoints.",
     )
     p.add_argument("spec", help="bench spec YAML (see benchmarks/bench/classic_control.yaml)")
     p.add_argument("--out", help="bench directory (default: the spec's `out`, else runs/bench/NAME)")
