@@ -24,6 +24,8 @@ import torch
 
 from policyopt.lm import trainer as lm_trainer
 from policyopt.lm.config import LMConfig
+from policyopt.runs import lifecycle
+from policyopt.runs.logger import MetricLogger
 
 P, G, T_NEW, TEMP = 8, 4, 32, 0.7
 
@@ -67,10 +69,10 @@ def run_policyopt(mdir: Path, steps: int, out: Path) -> tuple[list[float], float
         micro_batch_size=P * G,
     )
     cfg.validate()
-    orig = lm_trainer.TrainProgress
-    lm_trainer.TrainProgress = _StepClock
+    orig = lifecycle.TrainProgress
+    lifecycle.TrainProgress = _StepClock
     lens: list[float] = []
-    orig_log = lm_trainer.MetricLogger.log
+    orig_log = MetricLogger.log
 
     def log(self, step, metrics):
         v = orig_log(self, step, metrics)
@@ -78,12 +80,12 @@ def run_policyopt(mdir: Path, steps: int, out: Path) -> tuple[list[float], float
             lens.append(v["completion/len_mean"])
         return v
 
-    lm_trainer.MetricLogger.log = log
+    MetricLogger.log = log
     try:
         lm_trainer.train(cfg, out)
     finally:
-        lm_trainer.TrainProgress = orig
-        lm_trainer.MetricLogger.log = orig_log
+        lifecycle.TrainProgress = orig
+        MetricLogger.log = orig_log
     t = _StepClock.times
     return [b - a for a, b in zip(t[1:-1], t[2:])], statistics.mean(lens[1:]) if len(lens) > 1 else 0.0
 
