@@ -1,30 +1,31 @@
-"""``policyopt train ALGO [--env ID | --task NAME ...] [--config FILE] [--set k=v ...]`` and ``--resume DIR``."""
+"""``policyopt train ALGO [--env ID | --task NAME ...] [--config FILE] [--set k=v ...]`` and ``--resume DIR``.
+
+Everything that can be checked before training is, before the run directory is created: the config (types,
+ranges, choices), the run directory (writable, not already a run), the environment with its kwargs, the dataset,
+the reward functions, the device and the memory the sizes ask for (see ``policyopt.cli.config_cmd``).
+"""
 
 from __future__ import annotations
 
 import json
+import sys
+import types
 from pathlib import Path
 
-from policyopt import algos, api
-from policyopt.config import parse_sets
+from policyopt import api
+from policyopt.cli.config_cmd import IMPORT_NOTE, add_config_options, checked_config, total_steps_was_set
+from policyopt.config import iteration_size
 from policyopt.errors import UserError
 from policyopt.runs import rundir
 
 
 def add_parser(sub):
-    p = sub.add_parser("train", help="train an algorithm (or resume a run)",
-                       description="Train ALGO on an environment (control) or a task (language models).")
-    p.add_argument("algo", nargs="?", help="algorithm / preset name (see `policyopt list`)")
-    p.add_argument("--env", help="Gymnasium environment id (control algorithms)")
-    p.add_argument("--task", help="task name (language-model presets)")
-    p.add_argument("--dataset", help="JSONL or datasets file on disk (language-model presets)")
-    p.add_argument("--model", help="model path or config (language-model presets)")
-    p.add_argument("--config", help="YAML file of config overrides")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable); dotted keys reach nested sections")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--total-steps", type=float, help="training budget in environment steps (control) or "
-                                                     "optimizer steps (language models)")
+    p = sub.add_parser(
+        "train",
+        help="train an algorithm (or resume a run)",
+        description="Train ALGO on an environment (control) or a task (language models). " + IMPORT_NOTE + ".",
+    )
+    add_config_options(p)
     p.add_argument("--out", help="run directory (default: runs/ALGO-ENV-sSEED-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="disable the live progress bar")
@@ -36,23 +37,30 @@ def run(args) -> int:
         return _resume(args)
     if not args.algo:
         raise UserError("train needs an algorithm name (see `policyopt list`) or --resume RUN_DIR")
-    algo = algos.get(args.algo)
-    flags = {algo.target_key: args.env if algo.target_key == "env_id" else args.task,
-             "seed": args.seed, "dataset": args.dataset, "model": args.model}
-    if args.total_steps is not None:
-        if args.total_steps <= 0 or not float(args.total_steps).is_integer():
-            raise UserError(f"--total-steps must be a positive integer, got {args.total_steps!r}")
-        flags["total_steps"] = int(args.total_steps)
-    if algo.target_key == "env_id" and args.task:
-        raise UserError(f"--task does not apply to control algorithm {args.algo!r}; use --env")
-    if algo.target_key != "env_id" and args.env:
-        raise UserError(f"--env does not apply to language-model preset {args.algo!r}; use --task or --dataset")
-    if args.no_progress:
-        flags["progress"] = False
-    cfg = algos.build_config(args.algo, config_file=args.config, sets=parse_sets(args.sets), flags=flags)
-    tag = str(getattr(cfg, algo.target_key, None) or "run")
-    run_dir = Path(args.out) if args.out else rundir.default_run_dir(args.algo, tag, getattr(cfg, "seed", 0))
+    run_dir: Path | None = None
+
+    def check_out(algo, cfg) -> None:
+        nonlocal run_dir
+        tag = str(getattr(cfg, algo.target_key, None) or "run")
+        run_dir = Path(args.out) if args.out else rundir.default_run_dir(args.algo, tag, getattr(cfg, "seed", 0))
+        rundir.check_new_run_dir(run_dir)
+
+    algo, cfg = checked_config(args, check_out)
+    assert run_dir is not None
+    if total_steps_was_set(args):
+        _warn_rounding(cfg)
     return _report(api.train(cfg, run_dir, algo=args.algo), run_dir)
+
+
+def _warn_rounding(cfg) -> None:
+    """A warning when ``total_steps`` is not a whole number of training iterations (the run rounds it up)."""
+    size = iteration_size(cfg)
+    if size and cfg.total_steps % size[0]:
+        rounded = -(-cfg.total_steps // size[0]) * size[0]
+        sys.stderr.write(
+            f"policyopt: warning: total_steps={cfg.total_steps} is not a multiple of {size[1]} "
+            f"= {size[0]} steps per iteration; the run takes {rounded} steps\n"
+        )
 
 
 def _resume(args) -> int:
@@ -60,10 +68,25 @@ def _resume(args) -> int:
     info = rundir.read_info(run_dir)
     if args.algo and args.algo != info.get("algo"):
         raise UserError(f"run {str(run_dir)!r} was trained with {info.get('algo')!r}, not {args.algo!r}")
-    if args.sets or args.config or args.env or args.task or args.seed is not None:
-        raise UserError("--resume continues a run with its saved config; it takes no other config options "
-                        "(except --total-steps to extend the budget and --no-progress)")
-    total = int(args.total_steps) if args.total_steps is not None else None
+    if (
+        args.sets
+        or args.config
+        or args.env
+        or args.task
+        or args.seed is not None
+        or args.dataset
+        or args.model
+        or args.out
+    ):
+        raise UserError(
+            "--resume continues a run with its saved config; it takes no other config options "
+            "(except --total-steps to extend the budget and --no-progress)"
+        )
+    saved = rundir.read_config(run_dir)
+    total = args.total_steps
+    if total is not None:
+        sizes = {k: v for k, v in saved.items() if k in ("n_steps", "num_envs") and type(v) is int}
+        _warn_rounding(types.SimpleNamespace(**sizes, env_id=saved.get("env_id"), total_steps=total))
     return _report(api.resume(run_dir, total_steps=total, progress=False if args.no_progress else None), run_dir)
 
 

@@ -9,18 +9,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policyopt.control.envs import AutoresetTracker, make_vec_env, seeds_for
+from policyopt.config import EPISODES_MAX, show_limit
+from policyopt.control.envs import AutoresetTracker, gym_id, make_vec_env, seeds_for
 from policyopt.errors import UserError
 
 EVAL_SEED_OFFSET = 10_000
 
 
 @torch.no_grad()
-def evaluate(act: Callable[[torch.Tensor], torch.Tensor], env_id: str, episodes: int, seed: int,
-             num_envs: int = 8, env_kwargs: dict | None = None, video_dir: str | Path | None = None) -> dict:
+def evaluate(
+    act: Callable[[torch.Tensor], torch.Tensor],
+    env_id: str,
+    episodes: int,
+    seed: int,
+    num_envs: int = 8,
+    env_kwargs: dict | None = None,
+    video_dir: str | Path | None = None,
+) -> dict:
     """Run ``episodes`` full episodes; ``act(raw_obs) -> env action`` (the caller applies its frozen
     observation normalizer). Episodes are split evenly across sub-envs in advance (so short episodes
     are not over-counted). Returns mean/std/min/max of the undiscounted return and mean length."""
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or not 1 <= episodes <= EPISODES_MAX:
+        raise UserError(f"evaluation episodes must be an integer in [1, {show_limit(EPISODES_MAX)}], got {episodes!r}")
     if video_dir is not None:
         return _evaluate_video(act, env_id, episodes, seed, env_kwargs, Path(video_dir))
     n = max(1, min(num_envs, episodes))
@@ -49,8 +59,14 @@ def evaluate(act: Callable[[torch.Tensor], torch.Tensor], env_id: str, episodes:
 
 def _summary(returns: list[float], lengths: list[int]) -> dict:
     r = np.asarray(returns, dtype=np.float64)
-    return {"return_mean": float(r.mean()), "return_std": float(r.std()), "return_min": float(r.min()),
-            "return_max": float(r.max()), "length_mean": float(np.mean(lengths)), "episodes": len(returns)}
+    return {
+        "return_mean": float(r.mean()),
+        "return_std": float(r.std()),
+        "return_min": float(r.min()),
+        "return_max": float(r.max()),
+        "length_mean": float(np.mean(lengths)),
+        "episodes": len(returns),
+    }
 
 
 def _evaluate_video(act, env_id: str, episodes: int, seed: int, env_kwargs: dict | None, video_dir: Path) -> dict:
@@ -63,7 +79,7 @@ def _evaluate_video(act, env_id: str, episodes: int, seed: int, env_kwargs: dict
     # Off-screen rendering: no display for pygame (classic control, Box2D); EGL for MuJoCo.
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("MUJOCO_GL", "egl")
-    env = gym.make(env_id, render_mode="rgb_array", **(env_kwargs or {}))
+    env = gym.make(gym_id(env_id), render_mode="rgb_array", **(env_kwargs or {}))
     env = gym.wrappers.RecordVideo(env, str(video_dir), episode_trigger=lambda i: True, disable_logger=True)
     returns, lengths = [], []
     try:
