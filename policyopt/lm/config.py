@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from policyopt.advantages import ADVANTAGES
-from policyopt.config import in_range, nonneg, opt, optional, positive
+from policyopt.config import finite_number, in_range, nonneg, opt, optional, positive
 from policyopt.errors import UserError
 from policyopt.lm import algorithms, selection  # noqa: F401  (algorithms registers opmd/asymre/bnpo/spo)
 from policyopt.lm.tasks import check_task
@@ -155,11 +155,9 @@ class LMConfig:
         if selection.overlong_buffer(self) >= self.max_new_tokens:
             raise UserError(f"config key 'overlong_buffer'={self.overlong_buffer} must be < max_new_tokens")
         for k, v in self.rewards.items():
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                try:
-                    self.rewards[k] = float(v)
-                except (TypeError, ValueError):
-                    raise UserError(f"config key 'rewards.{k}' must be a number, got {v!r}") from None
+            if finite_number(v) is None:
+                raise UserError(f"config key 'rewards.{k}' must be a finite number (a reward weight), got {v!r}")
+            self.rewards[k] = finite_number(v)
 
 
 FAMILY = FAMILIES.register(

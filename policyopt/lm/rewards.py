@@ -8,7 +8,7 @@ names the function and the sample; the run's checkpoint and logs are left as the
 
 from __future__ import annotations
 
-import importlib
+import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -89,11 +89,9 @@ def resolve_reward(name: str, scorer=None) -> Callable:
             raise UserError("reward 'rg_score' only applies to reasoning-gym tasks (task rg:NAME)")
         return rg_reward(scorer)
     if ":" in name:
-        mod, _, fn = name.partition(":")
-        try:
-            return getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"cannot import reward function {name!r}: {e}") from None
+        from policyopt.config import load_user_object
+
+        return load_user_object(name, "reward function")
     return REWARDS.get(name)
 
 
@@ -135,7 +133,7 @@ class RewardSet:
                 f"reward function {name!r} returned {len(out)} values for {len(completions)} completions"
             )
         for i, v in enumerate(out):
-            if not isinstance(v, int | float) or v != v:
+            if not isinstance(v, int | float) or not math.isfinite(v):
                 raise RewardError(
                     f"reward function {name!r} returned {v!r} for sample {i} (prompt={prompts[i]!r}, "
                     f"completion={completions[i]!r}); expected a finite number"

@@ -64,8 +64,10 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
     if not p.exists():
         raise UserError(f"dataset not found: {str(p)!r}")
     if p.suffix == ".jsonl":
+        from policyopt.config import read_text
+
         rows = []
-        for i, line in enumerate(p.read_text().splitlines(), 1):
+        for i, line in enumerate(read_text(p, "dataset").splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -80,7 +82,13 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
                 "reading non-JSONL datasets needs `datasets`: pip install 'policyopt[lm]'"
             ) from None
         if p.is_dir():
-            d = datasets.load_from_disk(str(p))
+            try:
+                d = datasets.load_from_disk(str(p))
+            except FileNotFoundError:
+                raise UserError(
+                    f"dataset {str(p)!r} is a folder but not a datasets save_to_disk folder; valid: a .jsonl, "
+                    ".json, .parquet, .csv or .arrow file, or a folder written by Dataset.save_to_disk"
+                ) from None
             if isinstance(d, datasets.DatasetDict):
                 d = d[next(iter(d))]
         else:
@@ -90,7 +98,12 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
                     f"dataset {str(p)!r}: unsupported file type {p.suffix!r} "
                     "(use .jsonl, .json, .parquet, .csv, .arrow or a save_to_disk folder)"
                 )
-            d = datasets.load_dataset(kind, data_files=str(p), split="train")
+            try:
+                d = datasets.load_dataset(kind, data_files=str(p), split="train")
+            except Exception as e:  # a damaged or non-UTF-8 file: datasets raises its own error types
+                cause = e.__cause__ or e
+                raise UserError(f"dataset {str(p)!r} cannot be read as {kind}: {type(cause).__name__}: "
+                                f"{str(cause).splitlines()[0] if str(cause).strip() else ''}") from None
         rows = [dict(r) for r in d]
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or "prompt" not in r or "answer" not in r:
