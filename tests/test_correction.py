@@ -345,3 +345,47 @@ def test_bad_config_values_raise_one_line(key, value, words):
         validate(dataclasses.replace(CorrectionConfig(), **{key: value}))
     msg = str(e.value)
     assert "\n" not in msg and all(w in msg for w in words)
+
+
+# ---- the LM trainer's correction section -----------------------------------------------------------------------
+LM_FAST = ["--total-steps", "1", "--no-progress"] + [
+    x
+    for kv in ("sft_steps=0", "eval_size=8", "eval_k=1", "prompts_per_step=4", "group_size=4", "checkpoint_every=0")
+    for x in ("--set", kv)
+]
+
+
+def _lm_metrics(tmp_path, name: str, *sets: str) -> dict[str, float]:
+    pytest.importorskip("transformers")
+    from policyopt.cli.main import main
+
+    out = tmp_path / name
+    assert main(["train", "grpo", "--out", str(out), *LM_FAST, *(x for s in sets for x in ("--set", s))]) == 0
+    rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    return {r[2]: float(r[3]) for r in rows if r[0] == "1"}
+
+
+def test_lm_run_with_tis_under_a_forced_mismatch_logs_the_correction_stats(tmp_path):
+    # nucleus sampling (top_p 0.8) against the trainer's full softmax: every sampled token has
+    # pi / mu = (nucleus mass) <= 1, so TIS reweights every token by a ratio below 1 and masks nothing
+    m = _lm_metrics(tmp_path, "tis", "correction.name=tis", "top_p=0.8")
+    assert STAT_NAMES <= set(m)
+    assert m["correction/ratio_max"] <= 1 + 1e-5 and m["correction/ratio_p50"] < 1
+    assert m["correction/masked_frac"] == 0 and 0 < m["correction/weight_mean"] < 1
+    assert 0 < m["correction/ess"] <= 1
+    assert m["stats/logp_mismatch"] > 0
+    none = _lm_metrics(tmp_path, "none", "top_p=0.8")  # the default: no correction, no correction stats
+    assert not any(k.startswith("correction/") for k in none)
+
+
+def test_lm_old_logp_sampler_is_the_bypass_mode(tmp_path):
+    from policyopt import algos
+
+    assert algos.build_config("grpo", sets={"old_logp": "sampler"}).bypass
+    assert algos.build_config("grpo", sets={"correction.mode": "bypass"}).bypass
+    assert not algos.build_config("grpo").bypass
+    a = _lm_metrics(tmp_path, "sampler", "old_logp=sampler", "top_p=0.8")
+    b = _lm_metrics(tmp_path, "bypass", "correction.mode=bypass", "top_p=0.8")
+    for k in ("loss/policy", "stats/approx_kl", "stats/clip_frac_low", "reward/mean"):
+        assert a[k] == b[k], k
+    assert a["stats/approx_kl"] > 0  # pi_old is the sampler, not the recomputed policy

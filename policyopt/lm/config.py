@@ -11,6 +11,7 @@ from policyopt.errors import UserError
 from policyopt.lm import algorithms, selection  # noqa: F401  (algorithms registers opmd/asymre/bnpo/spo)
 from policyopt.lm.tasks import check_task
 from policyopt.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, PolicyLossConfig
+from policyopt.losses.correction import MODES, CorrectionConfig
 from policyopt.runs.lifecycle import FAMILIES, Family
 
 BUILTIN_MODELS = ("tiny-llama", "tiny-qwen2")
@@ -66,9 +67,11 @@ class LMConfig:
     ent_coef: float = opt(0.0, "entropy bonus coefficient", check=nonneg)
     old_logp: str = opt(
         "recompute",
-        "pi_old: recompute with the train-time forward, or the sampler's log-probs",
+        "pi_old: recompute with the train-time forward, or the sampler's log-probs (sampler = correction.mode "
+        "bypass)",
         choices=("recompute", "sampler"),
     )
+    correction: CorrectionConfig = dataclasses.field(default_factory=CorrectionConfig)
     # data selection (policyopt.lm.selection; order: `selectors`, else the documented default order)
     selectors: list[str] | None = opt(
         None,
@@ -139,6 +142,11 @@ class LMConfig:
     threads: int = opt(1, "torch CPU threads (1 is fastest for tiny models on shared cores)", check=positive)
     tensorboard: bool = opt(True, "write TensorBoard event files")
     progress: bool | None = opt(None, "live progress bar (None = when stderr is a terminal)")
+
+    @property
+    def bypass(self) -> bool:
+        """pi_old is the sampler's log-probs (``old_logp: sampler`` or ``correction.mode: bypass``)."""
+        return self.old_logp == "sampler" or MODES[self.correction.mode].proximal_is_sampler
 
     def validate(self) -> None:
         min_g = ADVANTAGES.meta(self.advantage)["min_group_size"]

@@ -33,6 +33,7 @@ from policyopt.lm.selection import LMBatch, SelectionContext
 from policyopt.lm.tasks import load_task
 from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, kl_penalty
 from policyopt.losses.aggregation import masked_mean
+from policyopt.losses.correction import apply_correction
 from policyopt.runs.files import atomic_write_text
 from policyopt.runs.lifecycle import Cadence, Phases, Run, SeedStreams, execute, load_config, seed_global
 
@@ -210,7 +211,7 @@ def _on_policy(parts: LMParts) -> bool:
     return (
         cfg.epochs == 1
         and cfg.mini_batches == 1
-        and cfg.old_logp == "recompute"
+        and not cfg.bypass
         and not cfg.kl_in_reward
         and not S.needs(parts.selectors) & {"old_logp", "entropy"}
     )
@@ -240,7 +241,7 @@ def prepare(parts: LMParts, batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     batch = _token_tensors(parts, batch)
     if batch.old_logp is not None:
         ctx.metrics["stats/logp_mismatch"] = masked_mean((batch.old_logp - batch.sampler_logp).abs(), batch.cmask)
-    if cfg.old_logp == "sampler":
+    if cfg.bypass:
         batch.old_logp = batch.sampler_logp
     ro = batch.rollout
     ain = AdvantageInputs(
@@ -273,9 +274,11 @@ def _micro_loss(parts: LMParts, b: LMBatch, mic, agg: Aggregator, on_policy: boo
     )
     ref = None if b.ref_logp is None else b.ref_logp[mic]
     old = logp.detach() if on_policy else b.old_logp[mic]
-    pl, stats = POLICY_LOSSES.get(cfg.policy_loss)(
-        PolicyBatch(logp, old, b.adv[mic], b.mask[mic], logp_ref=ref), cfg.loss, agg
-    )
+    pb, cstats = PolicyBatch(logp, old, b.adv[mic], b.mask[mic], logp_ref=ref), {}
+    if cfg.correction.name != "none":  # rollout correction of the sampler / trainer mismatch
+        pb, cstats = apply_correction(pb, b.sampler_logp[mic], cfg.correction)
+    pl, stats = POLICY_LOSSES.get(cfg.policy_loss)(pb, cfg.loss, agg)
+    stats.update(cstats)
     loss = pl
     if ref is not None and not cfg.kl_in_reward:
         kl = agg(kl_penalty(logp, ref, cfg.kl_estimator), b.mask[mic])
@@ -366,6 +369,9 @@ def step_metrics(parts: LMParts, b: LMBatch, acc: dict[str, list], ctx: Selectio
         metrics["stats/kl_ref"] = masked_mean(kl_penalty(b.old_logp, b.ref_logp, cfg.kl_estimator), b.mask)
     if "grad_norm" in sums:
         metrics["stats/grad_norm"] = sums["grad_norm"].mean()
+    for k, v in sums.items():  # rollout correction: means over micro-batches (the max of the maxima)
+        if k.startswith("correction/"):
+            metrics[k] = v.max() if k.endswith("_max") else v.mean()
     return metrics
 
 
