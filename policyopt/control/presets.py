@@ -252,13 +252,16 @@ _on_policy(
     presets={k: {**v, **({"props": {"every": 64}} if k == "CartPole-v1" else {})} for k, v in PPO_PRESETS.items()},
 )
 
+# PPO's tuned settings without its clip range, for methods whose loss has no clip (kl_proximal)
+_PPO_PRESETS_NO_CLIP = {env: {k: v for k, v in p.items() if k != "loss"} for env, p in PPO_PRESETS.items()}
+
 # On-policy MDPO: -A r + (1/t_k) KL(pi || pi_k), t_k = 1 - k/K, several SGD steps per iteration (Tomar et al.).
 _on_policy(
     name="mdpo",
     doc="On-policy MDPO: KL proximity to the previous policy with annealed step size t_k "
     "(Tomar et al., 2022, 'Mirror Descent Policy Optimization')",
     defaults=dict(policy_loss="kl_proximal", trust_region="mdpo"),
-    presets=PPO_PRESETS,
+    presets=_PPO_PRESETS_NO_CLIP,
 )
 
 # PPO-EWMA: clip against an EWMA of past weights, IS-corrected to the behaviour policy; EWMA advantage
@@ -278,5 +281,5 @@ _on_policy(
     doc="FixPO: adaptive KL penalty + fix-up phase guaranteeing the trust region on every update "
     "(Zentner et al., 2023, 'Guaranteed Trust Region Optimization via Two-Phase KL Penalization')",
     defaults=dict(policy_loss="kl_proximal", trust_region="fixpo"),
-    presets=PPO_PRESETS,
+    presets=_PPO_PRESETS_NO_CLIP,
 )
