@@ -47,6 +47,7 @@ from policyopt.losses import actor_critic as L
 from policyopt.losses.actor_critic import ACTOR_LOSSES, CRITIC_LOSSES, ActorBatch, CriticBatch
 from policyopt.runs.checkpoint import load_checkpoint
 from policyopt.runs.lifecycle import FAMILIES, Cadence, Family, Phases, Run, execute, load_config
+from policyopt.runs.logger import check_trackers
 from policyopt.runs.rundir import checkpoint_path
 
 
@@ -138,6 +139,8 @@ class OffPolicyConfig:
     threads: int = opt(1, "torch CPU threads (1 is fastest for small MLPs)", check=positive)
     device: str = opt("cpu", "torch device", choices=("cpu", "cuda", "mps"))
     tensorboard: bool = opt(True, "write TensorBoard event files")
+    trackers: list[str] = opt([], "experiment trackers that also get every metric: wandb, trackio (project "
+                              "'policyopt', run named after the run directory)", check=check_trackers)
     progress: bool | None = opt(None, "live progress bar (None = when stderr is a terminal)")
 
     def validate(self) -> None:

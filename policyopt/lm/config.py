@@ -13,6 +13,7 @@ from policyopt.lm.tasks import check_task
 from policyopt.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, PolicyLossConfig
 from policyopt.losses.correction import MODES, CorrectionConfig
 from policyopt.runs.lifecycle import FAMILIES, Family
+from policyopt.runs.logger import check_trackers
 
 BUILTIN_MODELS = ("tiny-llama", "tiny-qwen2")
 
@@ -141,6 +142,8 @@ class LMConfig:
     log_samples: int = opt(4, "sample completions written to samples.jsonl per step", check=nonneg)
     threads: int = opt(1, "torch CPU threads (1 is fastest for tiny models on shared cores)", check=positive)
     tensorboard: bool = opt(True, "write TensorBoard event files")
+    trackers: list[str] = opt([], "experiment trackers that also get every metric: wandb, trackio (project "
+                              "'policyopt', run named after the run directory)", check=check_trackers)
     progress: bool | None = opt(None, "live progress bar (None = when stderr is a terminal)")
 
     @property
