@@ -18,7 +18,7 @@ import gymnasium as gym
 import torch
 
 from policyopt.control.networks import ActorCritic
-from policyopt.control.optim import LeanAdam
+from policyopt.optim import LeanAdam
 
 
 def main() -> None:

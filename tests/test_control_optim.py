@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from policyopt.control.optim import LeanAdam, clip_grad_norm
+from policyopt.optim import LeanAdam, clip_grad_norm
 
 
 def _nets():

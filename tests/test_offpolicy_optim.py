@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from policyopt.control.optim import OPTIMIZERS, LeanAdam, make_optimizer
 from policyopt.errors import UserError
+from policyopt.optim import OPTIMIZERS, LeanAdam, make_optimizer
 
 
 def _train(opt_fn, steps=4):

@@ -17,9 +17,9 @@ from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
 from policyopt.control import reference_ppo as ref
 from policyopt.control.networks import ActorCritic
 from policyopt.control.onpolicy import OnPolicyConfig
-from policyopt.control.optim import LeanAdam, clip_grad_norm
 from policyopt.control.proximal import ADV_NORMS, PROXIMALS
 from policyopt.losses import POLICY_LOSSES, Aggregator, value_loss
+from policyopt.optim import LeanAdam, clip_grad_norm
 
 T, N = 64, 4  # 256 steps: 4 minibatches of 64
 ITERATIONS = 2  # the learning rate and clip ranges halve at the second (linear schedules, K = 2)

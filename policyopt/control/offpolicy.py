@@ -40,11 +40,11 @@ from policyopt.control import evaluation
 from policyopt.control.envs import VECTORIZATION, AutoresetTracker, check_env_id, make_vec_env, seeds_for
 from policyopt.control.networks import ACTIVATIONS, ACTORS, CRITICS
 from policyopt.control.normalize import ObsNormalizer
-from policyopt.control.optim import clip_grad_norm, make_optimizer
 from policyopt.control.replay import ReplayBuffer
 from policyopt.errors import UserError
 from policyopt.losses import actor_critic as L
 from policyopt.losses.actor_critic import ACTOR_LOSSES, CRITIC_LOSSES, ActorBatch, CriticBatch
+from policyopt.optim import clip_grad_norm, make_optimizer
 from policyopt.runs.checkpoint import load_checkpoint
 from policyopt.runs.lifecycle import FAMILIES, Cadence, Family, Phases, Run, execute, load_config
 from policyopt.runs.logger import check_trackers

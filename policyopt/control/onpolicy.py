@@ -43,12 +43,12 @@ from policyopt.control.envs import VECTORIZATION, AutoresetTracker, check_env_id
 from policyopt.control.kl_control import TRUST_REGIONS, FixPOConfig
 from policyopt.control.networks import ACTIVATIONS, ActorCritic
 from policyopt.control.normalize import ObsNormalizer, RewardNormalizer
-from policyopt.control.optim import LeanAdam, clip_grad_norm
 from policyopt.control.props import SAMPLERS, PropsConfig
 from policyopt.control.proximal import ADV_NORMS, PROXIMALS, EwmaConfig
 from policyopt.control.sampling_error import SAMPLING_ERRORS, MLEFitConfig
 from policyopt.errors import UserError
 from policyopt.losses import AGGREGATIONS, POLICY_LOSSES, Aggregator, PolicyLossConfig, value_loss
+from policyopt.optim import clip_grad_norm, make_optimizer
 from policyopt.runs.checkpoint import load_checkpoint
 from policyopt.runs.lifecycle import FAMILIES, Cadence, Family, PartGroup, Phases, Run, execute, load_config
 from policyopt.runs.logger import check_trackers
@@ -83,7 +83,7 @@ class OnPolicyConfig:
     vf_clip: float | None = opt(0.2, "PPO value clipping range (None = no clipping)", check=optional(positive))
     ent_coef: float = opt(0.01, "entropy bonus coefficient", check=nonneg)
     # optimization
-    optimizer: str = opt("adam", "optimizer", choices=("adam", "rmsprop"))
+    optimizer: str = opt("adam", "optimizer (rmsprop: A2C's original choice)", choices=("adam", "rmsprop"))
     learning_rate: float = opt(2.5e-4, "learning rate", check=positive)
     lr_schedule: str = opt("linear", "learning-rate schedule", choices=SCHEDULES)
     adam_eps: float = opt(1e-5, "optimizer epsilon", check=positive)
@@ -138,10 +138,8 @@ class OnPolicyConfig:
                             f"(= {batch})")
 
 
-def _optimizer(cfg: OnPolicyConfig, params):
-    if cfg.optimizer == "rmsprop":  # A2C's original choice
-        return torch.optim.RMSprop(params, lr=cfg.learning_rate, alpha=0.99, eps=cfg.adam_eps, foreach=True)
-    return LeanAdam(params, lr=cfg.learning_rate, eps=cfg.adam_eps)
+# the config's optimizer names -> the shared factory's (Adam runs as LeanAdam: the same update, less overhead)
+_OPTIMIZER_KINDS = {"adam": "lean_adam", "rmsprop": "rmsprop"}
 
 
 def build_agent(cfg: OnPolicyConfig, observation_space, action_space) -> ActorCritic:
@@ -195,7 +193,8 @@ class OnPolicyTrainer(Phases):
         space = self.envs.single_observation_space
         self.agent = build_agent(cfg, space, self.envs.single_action_space).to(self.device)
         self.net_params = list(self.agent.parameters())
-        self.optimizer = _optimizer(cfg, self.net_params)
+        self.optimizer = make_optimizer(_OPTIMIZER_KINDS[cfg.optimizer], self.net_params, cfg.learning_rate,
+                                        eps=cfg.adam_eps)
         obs_dim = int(space.shape[0])
         self.obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
         self.rew_norm = RewardNormalizer(cfg.num_envs, cfg.gamma, cfg.norm_reward, cfg.clip_reward)

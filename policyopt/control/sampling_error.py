@@ -52,7 +52,7 @@ from torch import Tensor
 
 from policyopt.config import nonneg, opt, positive
 from policyopt.control.distributions import Categorical, DiagGaussian
-from policyopt.control.optim import LeanAdam
+from policyopt.optim import LeanAdam
 from policyopt.registry import Registry
 
 if TYPE_CHECKING:

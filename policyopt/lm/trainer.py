@@ -34,6 +34,7 @@ from policyopt.lm.tasks import load_task
 from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, kl_penalty
 from policyopt.losses.aggregation import masked_mean
 from policyopt.losses.correction import apply_correction
+from policyopt.optim import make_optimizer
 from policyopt.runs.files import atomic_write_text
 from policyopt.runs.lifecycle import Cadence, Phases, Run, SeedStreams, execute, load_config, seed_global
 
@@ -142,7 +143,7 @@ def build_parts(cfg: LMConfig) -> LMParts:
     task, tok, rewards, acc_idx, model = setup(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel for all tensors (the default per-tensor loop costs ~1 ms a step on the tiny model)
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
+    opt = make_optimizer("adamw", params, cfg.learning_rate, weight_decay=cfg.weight_decay)
     names = S.pipeline(cfg)
     tracker = None
     if "values" in ADVANTAGES.meta(cfg.advantage)["needs"]:  # a per-prompt value tracker supplies the baselines
@@ -419,7 +420,7 @@ class WarmStart(Phases):
         self.parts, self.iterations = parts, cfg.sft_steps
         self.cadence = Cadence(log=cfg.sft_check_every, checkpoint=cfg.sft_check_every)
         self.opt = run.track(
-            "sft_optimizer", torch.optim.AdamW(parts.params, lr=cfg.sft_lr, weight_decay=0.0, fused=True)
+            "sft_optimizer", make_optimizer("adamw", parts.params, cfg.sft_lr)
         )
         n = len(parts.task.train)
         order = np.random.default_rng(run.seeds.seed("sft_check_prompts")).permutation(n)[: cfg.sft_check_size]

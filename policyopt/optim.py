@@ -1,4 +1,4 @@
-"""Optimizers of the control trainers: one factory (:func:`make_optimizer`) over a registry of kinds,
+"""Optimizers of every trainer: one factory (:func:`make_optimizer`) over a registry of kinds,
 the lean fused Adam, and a foreach gradient-norm clip."""
 
 from __future__ import annotations
