@@ -137,7 +137,7 @@ def _train_cell(job: dict[str, Any], run_dir: Path, out: dict[str, Any]) -> dict
             if run_dir.exists():  # started but died before its first checkpoint: start over
                 shutil.rmtree(run_dir)
             cfg = resolve(algo.config(), job["config"])
-            algo.load("train")(cfg, run_dir, resume=False, algo=job["algo"], **bench)
+            api.train(cfg, run_dir, algo=job["algo"], **bench)
         out.update(status="finished", resumed=resume)
     except Exception as e:
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
