@@ -23,10 +23,8 @@ Correctness notes:
 
 from __future__ import annotations
 
-import collections
 import copy
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from torch import Tensor
 from policyopt.config import all_positive, in_range, nonneg, opt, optional, positive
 from policyopt.control import evaluation
 from policyopt.control.envs import VECTORIZATION, AutoresetTracker, check_env_id, make_vec_env, seeds_for
+from policyopt.control.episodes import EpisodeLog
 from policyopt.control.networks import ACTIVATIONS, ACTORS, CRITICS
 from policyopt.control.normalize import ObsNormalizer
 from policyopt.control.replay import ReplayBuffer
@@ -418,19 +417,18 @@ class OffPolicyTrainer(Phases):
             run.track("buffer", self.buffer)
         run.track("obs_norm", self.obs_norm)
         run.track("exploration", self.noise)
-        run.counters.update(global_step=0, num_updates=0, credit=0.0, env_epoch=0, recent=[])
+        run.counters.update(global_step=0, num_updates=0, credit=0.0, env_epoch=0)
         self.tracker = AutoresetTracker(N)
-        self.episodes: list[tuple[float, int]] = []  # finished since the last log
-        self.t_start, self.steps_at_start, self.ret = time.time(), 0, None
+        self.episodes = EpisodeLog(run)
+        self.ret: float | None = None
 
     def step(self, iteration: int) -> int:
         return iteration * self.N
 
     # ---- environments ----------------------------------------------------------------------------------
     def begin(self, run: Run) -> None:
-        self.steps_at_start, self.t_start = run.counters["global_step"], time.time()
-        self.recent = collections.deque((tuple(e) for e in run.counters["recent"]), maxlen=100)
-        self.ret = float(np.mean([e[0] for e in self.recent])) if self.recent else None
+        self.episodes.begin(run)
+        self.ret = self.episodes.recent_return()
         self._begin_env_epoch(run.counters["env_epoch"])
 
     def _begin_env_epoch(self, epoch: int) -> None:
@@ -442,7 +440,7 @@ class OffPolicyTrainer(Phases):
     def before_checkpoint(self, run: Run) -> None:
         """Open episodes end at the checkpoint (as time limits); the envs are re-seeded after it."""
         run.counters["env_epoch"] += 1
-        run.counters["recent"] = [list(e) for e in self.recent]
+        self.episodes.save(run)
         self.buffer.mark_truncated_last()
 
     def after_checkpoint(self, run: Run) -> None:
@@ -477,9 +475,8 @@ class OffPolicyTrainer(Phases):
             torch.from_numpy(valid),
         )
         if finished:
-            self.episodes += finished
-            self.recent.extend(finished)
-            self.ret = float(np.mean([e[0] for e in self.recent]))
+            self.episodes.add(finished)
+            self.ret = self.episodes.recent_return()
             self.noise.reset(torch.from_numpy((terminated | truncated) & valid))
         self.obs = next_obs
         run.counters["global_step"] += self.N
@@ -499,16 +496,7 @@ class OffPolicyTrainer(Phases):
 
     # ---- log and evaluate ------------------------------------------------------------------------------
     def log_metrics(self, run: Run) -> dict[str, Any]:
-        step = run.counters["global_step"]
-        metrics: dict[str, Any] = {
-            "train/steps_per_s": (step - self.steps_at_start) / (time.time() - self.t_start),
-            "train/updates": run.counters["num_updates"],
-        }
-        if self.episodes:
-            metrics["train/episode_return"] = float(np.mean([e[0] for e in self.episodes]))
-            metrics["train/episode_length"] = float(np.mean([e[1] for e in self.episodes]))
-        self.episodes = []
-        return metrics
+        return {**self.episodes.metrics(run), "train/updates": run.counters["num_updates"]}
 
     def progress_info(self, run: Run) -> dict[str, Any]:
         return {"ret": self.ret}
@@ -523,14 +511,14 @@ class OffPolicyTrainer(Phases):
             return evaluation.evaluate(act, cfg.env_id, cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs)
 
     def result(self, run: Run, final: dict[str, Any]) -> dict[str, Any]:
-        steps, seconds = run.counters["global_step"], max(time.time() - self.t_start, 1e-9)
+        steps, seconds = run.counters["global_step"], max(self.episodes.seconds(), 1e-9)
         return {
             "eval_return_mean": final["return_mean"],
             "eval_return_std": final["return_std"],
             "steps": steps,
             "updates": run.counters["num_updates"],
             "train_seconds": round(seconds, 2),
-            "steps_per_s": round((steps - self.steps_at_start) / seconds, 1),
+            "steps_per_s": round(self.episodes.steps_per_second(run), 1),
         }
 
 

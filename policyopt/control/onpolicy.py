@@ -28,18 +28,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
 from policyopt.config import all_positive, in_range, nonneg, opt, optional, positive
 from policyopt.control import evaluation
 from policyopt.control.envs import VECTORIZATION, AutoresetTracker, check_env_id, make_vec_env, seeds_for
+from policyopt.control.episodes import EpisodeLog
 from policyopt.control.kl_control import TRUST_REGIONS, FixPOConfig
 from policyopt.control.networks import ACTIVATIONS, ActorCritic
 from policyopt.control.normalize import ObsNormalizer, RewardNormalizer
@@ -229,17 +228,15 @@ class OnPolicyTrainer(Phases):
         run.track("rew_norm", self.rew_norm)
         run.track("boxes", PartGroup({"sampler": self.sampler, "proximal": self.proximal,
                                       "trust_region": self.region, "adv_norm": self.adv_norm}))
-        run.counters.update(global_step=0, env_epoch=0, recent=[])
-        self.episodes: list[tuple[float, int]] = []  # finished since the last log
-        self.t_start, self.steps_at_start = time.time(), 0
+        run.counters.update(global_step=0, env_epoch=0)
+        self.episodes = EpisodeLog(run)
 
     def step(self, iteration: int) -> int:
         return iteration * self.batch_size
 
     # ---- environments ----------------------------------------------------------------------------------
     def begin(self, run: Run) -> None:
-        self.steps_at_start, self.t_start = run.counters["global_step"], time.time()
-        self.recent = collections.deque((tuple(e) for e in run.counters["recent"]), maxlen=100)
+        self.episodes.begin(run)
         self.obs = self._begin_env_epoch(run.counters["env_epoch"])
 
     def _begin_env_epoch(self, epoch: int) -> torch.Tensor:
@@ -251,7 +248,7 @@ class OnPolicyTrainer(Phases):
 
     def before_checkpoint(self, run: Run) -> None:
         run.counters["env_epoch"] += 1
-        run.counters["recent"] = [list(e) for e in self.recent]
+        self.episodes.save(run)
 
     def after_checkpoint(self, run: Run) -> None:
         self.obs = self._begin_env_epoch(run.counters["env_epoch"])
@@ -280,8 +277,7 @@ class OnPolicyTrainer(Phases):
             raw, reward, terminated, truncated, _ = self.envs.step(dist.to_env(action).cpu().numpy())
             valid, finished = self.tracker.step(reward, terminated, truncated)
             if finished:
-                self.episodes += finished
-                self.recent.extend(finished)
+                self.episodes.add(finished)
             valid_t = torch.from_numpy(valid)
             r = self.rew_norm(torch.as_tensor(reward, dtype=torch.float32), torch.from_numpy(terminated | truncated),
                               valid_t)
@@ -354,20 +350,16 @@ class OnPolicyTrainer(Phases):
 
     # ---- log and evaluate ------------------------------------------------------------------------------
     def log_metrics(self, run: Run) -> dict[str, Any]:
-        fb, step = self.batch, run.counters["global_step"]
+        fb = self.batch
         metrics = dict(self.region.stats())
         metrics.update({"train/lr": self.lr(run.iteration), "train/clip_eps": self.loss_cfg.clip_eps_low,
-                        "train/steps_per_s": (step - self.steps_at_start) / (time.time() - self.t_start),
                         "stats/value_mean": fb["val"].mean(), "stats/adv_mean": fb["adv"].mean(),
                         "stats/adv_std": fb["adv"].std()})
-        if self.episodes:
-            metrics["train/episode_return"] = float(np.mean([e[0] for e in self.episodes]))
-            metrics["train/episode_length"] = float(np.mean([e[1] for e in self.episodes]))
-        self.episodes = []
+        metrics.update(self.episodes.metrics(run))
         return metrics
 
     def progress_info(self, run: Run) -> dict[str, Any]:
-        return {"ret": float(np.mean([e[0] for e in self.recent])) if self.recent else None}
+        return {"ret": self.episodes.recent_return()}
 
     def evaluate(self, run: Run, final: bool) -> dict[str, Any]:
         cfg, agent, dist = self.cfg, self.agent, self.agent.dist
@@ -383,7 +375,7 @@ class OnPolicyTrainer(Phases):
 
     def result(self, run: Run, final: dict[str, Any]) -> dict[str, Any]:
         return {"eval_return_mean": final["return_mean"], "eval_return_std": final["return_std"],
-                "steps": run.counters["global_step"], "train_seconds": round(time.time() - self.t_start, 3)}
+                "steps": run.counters["global_step"], "train_seconds": round(self.episodes.seconds(), 3)}
 
 
 FAMILY = FAMILIES.register("control/on-policy", Family("control/on-policy", OnPolicyConfig,
