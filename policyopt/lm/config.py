@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from policyopt.advantages import ADVANTAGES
 from policyopt.config import finite_number, in_range, nonneg, opt, optional, positive
@@ -152,6 +153,8 @@ class LMConfig:
         return self.old_logp == "sampler" or MODES[self.correction.mode].proximal_is_sampler
 
     def validate(self) -> None:
+        if self.dataset and not Path(self.dataset).is_absolute():  # the saved config works from any folder
+            self.dataset = str(Path(self.dataset).resolve())
         min_g = ADVANTAGES.meta(self.advantage)["min_group_size"]
         names = selection.pipeline(self)
         grouped = [n for n in names if "groups" in selection.SELECTORS.meta(n)["needs"]]

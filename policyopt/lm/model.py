@@ -137,7 +137,10 @@ class Reference:
 
 
 def save_pretrained(model, tok, out: Path, lora: bool) -> None:
-    """Save a plain transformers model (LoRA merged into a copy) + tokenizer to ``out``."""
+    """Save a plain transformers model + tokenizer to ``out``; under LoRA the adapter merged into a copy of the
+    base, and the adapter alone in ``out/adapter`` (``PeftModel.from_pretrained(base, out / "adapter")``)."""
     m = copy.deepcopy(model).merge_and_unload() if lora else model
     m.save_pretrained(str(out))
     tok.save_pretrained(str(out))
+    if lora:
+        model.save_pretrained(str(out / "adapter"))

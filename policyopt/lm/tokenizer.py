@@ -7,6 +7,7 @@ Rebuild with ``python -m policyopt.lm.tokenizer``.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 ASSET = Path(__file__).parent / "assets" / "char_tokenizer"
@@ -29,6 +30,16 @@ def build_char_tokenizer():
         unk_token="<unk>",
         padding_side="left",
     )
+
+
+def unknown_characters(tok, texts) -> Counter:
+    """``{character: occurrences}`` for the characters of ``texts`` that ``tok`` encodes as its unknown token
+    (empty for tokenizers without one, such as byte-level BPE)."""
+    unk = tok.unk_token_id
+    if unk is None:
+        return Counter()
+    counts = Counter("".join(texts))
+    return Counter({c: n for c, n in counts.items() if unk in tok(c, add_special_tokens=False)["input_ids"]})
 
 
 def load_char_tokenizer():

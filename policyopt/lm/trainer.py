@@ -31,12 +31,14 @@ from policyopt.lm.rewards import RewardSet
 from policyopt.lm.rollout import Rollout, collate, generate, set_mode, token_logp
 from policyopt.lm.selection import LMBatch, SelectionContext
 from policyopt.lm.tasks import load_task
+from policyopt.lm.tokenizer import unknown_characters
 from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, kl_penalty
 from policyopt.losses.aggregation import masked_mean
 from policyopt.losses.correction import apply_correction
 from policyopt.optim import make_optimizer
 from policyopt.runs.files import atomic_write_text
 from policyopt.runs.lifecycle import Cadence, Phases, Run, SeedStreams, execute, load_config, seed_global
+from policyopt.schedules import Schedule
 
 
 def _fields(rows: list[dict]) -> dict[str, list]:
@@ -90,9 +92,29 @@ def setup(cfg: LMConfig):
     if acc_name not in rewards.names:
         raise UserError(f"config key 'accuracy_reward'={acc_name!r} is not one of the rewards {rewards.names}")
     model = build_model(cfg.model, tok, cfg.seed)
+    check_prompts(task, tok, model, cfg.max_new_tokens)
     if cfg.lora_r:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     return task, tok, rewards, rewards.names.index(acc_name), model
+
+
+def check_prompts(task, tok, model, max_new_tokens: int) -> None:
+    """Refuse prompts that do not fit the model's context with ``max_new_tokens`` after them; warn once about
+    characters the tokenizer cannot represent (they become its unknown token)."""
+    rows = list(task.train) + list(task.test)
+    texts = [r["prompt"] for r in rows] + [str(r.get("answer", "")) for r in rows]
+    unknown = unknown_characters(tok, texts)
+    if unknown:
+        shown = "".join(sorted(unknown))[:40]
+        warnings.warn(f"the tokenizer maps {sum(unknown.values())} occurrences of {len(unknown)} characters in the "
+                      f"data to its unknown token: {shown!r}", stacklevel=2)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context:
+        longest = max(len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows)
+        if longest + max_new_tokens > context:
+            raise UserError(f"the longest prompt has {longest} tokens; with max_new_tokens={max_new_tokens} it does "
+                            f"not fit the model's context of {context} tokens (shorten the prompts or lower "
+                            "max_new_tokens)")
 
 
 def sft_step(model, tok, rows: list[dict], opt) -> torch.Tensor:
@@ -379,7 +401,7 @@ def step_metrics(parts: LMParts, b: LMBatch, acc: dict[str, list], ctx: Selectio
 def collect_step(parts: LMParts, step: int, rng: np.random.Generator) -> tuple[SelectionContext, LMBatch, float]:
     """The collect phase of RL step ``step`` (1-based): learning rate, generation, generation-stage selection."""
     cfg = parts.cfg
-    lr = cfg.learning_rate * (1.0 - (step - 1) / cfg.total_steps if cfg.lr_schedule == "linear" else 1.0)
+    lr = Schedule(cfg.lr_schedule, cfg.learning_rate, cfg.total_steps)(step)
     for g in parts.opt.param_groups:
         g["lr"] = lr
     ctx = SelectionContext(cfg, step, tracker=parts.tracker, score=parts.score)
@@ -493,6 +515,12 @@ class RL(Phases):
         metrics, batch = update_step(self.parts, *collected)
         if batch is not None:
             self.reward = float(batch.rollout.rewards.mean())
+            truncated = float(batch.rollout.truncated.float().mean())
+            if truncated > 0.5 and not run.counters.get("truncation_warned"):
+                warnings.warn(f"RL step {run.iteration}: {truncated:.0%} of the completions hit max_new_tokens="
+                              f"{self.cfg.max_new_tokens} (metric completion/truncation_rate); it is probably too "
+                              "small for this task (warned once per run)", stacklevel=2)
+                run.counters["truncation_warned"] = True
             if self.cfg.log_samples:
                 self.lines += _write_samples(self.samples, self.parts, run.iteration, batch)
         return metrics
