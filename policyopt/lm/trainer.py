@@ -110,7 +110,7 @@ def check_prompts(task, tok, model, max_new_tokens: int) -> None:
                       f"data to its unknown token: {shown!r}", stacklevel=2)
     context = getattr(model.config, "max_position_embeddings", None)
     if context:
-        longest = max(len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows)
+        longest = max(map(len, tok([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]))
         if longest + max_new_tokens > context:
             raise UserError(f"the longest prompt has {longest} tokens; with max_new_tokens={max_new_tokens} it does "
                             f"not fit the model's context of {context} tokens (shorten the prompts or lower "
