@@ -38,16 +38,19 @@ def in_tmp(tmp_path, monkeypatch):
     from policyopt.losses import POLICY_LOSSES
     from policyopt.runs.lifecycle import FAMILIES
 
-    for name in ("my_losses", "bandit_example"):
+    from policyopt.lm.selection import SELECTORS
+
+    for name in ("my_losses", "bandit_example", "my_selectors"):
         sys.modules.pop(name, None)
-    for registry, name in ((FAMILIES, "example/bandit"), (POLICY_LOSSES, "clipped_pg")):
+    for registry, name in ((FAMILIES, "example/bandit"), (POLICY_LOSSES, "clipped_pg"),
+                           (SELECTORS, "short_answers")):
         if name in registry:
             registry.unregister(name)
 
 
 def test_lifecycle_page_examples_run(in_tmp):
     modules, scripts = _modules_and_scripts("lifecycle.md")
-    assert set(modules) == {"my_losses", "bandit_example"} and len(scripts) == 2
+    assert set(modules) == {"my_losses", "bandit_example", "my_selectors"} and len(scripts) == 3
     for name, code in modules.items():
         (in_tmp / f"{name}.py").write_text(code)
     for code in scripts:
@@ -55,7 +58,8 @@ def test_lifecycle_page_examples_run(in_tmp):
     # the new loss ran inside the on-policy trainer, the new family trained, evaluated and saved itself
     import json
 
-    assert json.loads((in_tmp / "runs/clipped-pg-cartpole/run.json").read_text())["status"] == "finished"
+    for run in ("clipped-pg-cartpole", "short-answers"):
+        assert json.loads((in_tmp / f"runs/{run}/run.json").read_text())["status"] == "finished"
     info = json.loads((in_tmp / "runs/bandit/run.json").read_text())
     assert info["family"] == "example/bandit" and info["status"] == "finished"
     assert (in_tmp / "runs/bandit/eval.json").exists() and list((in_tmp / "runs/bandit/evals").glob("eval-*.json"))

@@ -255,13 +255,17 @@ def check_names(v) -> str | None:
 
 
 def pipeline(cfg) -> list[str]:
-    """The ordered selector names of ``cfg``: ``cfg.selectors`` when set (each must be turned on by its
-    config keys, and every entry turned on must be listed), else the active entries of :data:`DEFAULT_ORDER`."""
+    """The ordered selector names of ``cfg``: ``cfg.selectors`` when set (each entry governed by config keys
+    must be turned on by them, and every entry turned on must be listed; an entry registered without an
+    ``active`` rule, such as a user's own selector, is on when listed), else the active entries of
+    :data:`DEFAULT_ORDER`."""
     order = [*DEFAULT_ORDER, *(n for n in SELECTORS.names() if n not in DEFAULT_ORDER)]
     active = [n for n in order if SELECTORS.meta(n)["active"](cfg)]
     if cfg.selectors is None:
         return active
-    off = [n for n in cfg.selectors if n not in active]
+    for n in cfg.selectors:
+        SELECTORS.get(n)  # an unknown name: one line with the valid choices
+    off = [n for n in cfg.selectors if n not in active and SELECTORS.meta(n)["active"] is not _no]
     if off:
         raise UserError(f"config key 'selectors' lists {off}, which its config keys leave off; active: {active}")
     missing = [n for n in active if n not in cfg.selectors]
