@@ -35,10 +35,9 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
+    from policyopt.lm.selection import SELECTORS
     from policyopt.losses import POLICY_LOSSES
     from policyopt.runs.lifecycle import FAMILIES
-
-    from policyopt.lm.selection import SELECTORS
 
     for name in ("my_losses", "bandit_example", "my_selectors"):
         sys.modules.pop(name, None)
