@@ -164,7 +164,8 @@ class Raw(str):
 
 
 class _Yaml12Loader(yaml.SafeLoader):
-    """YAML 1.2 core-schema scalars: ``on``/``yes`` and ``0123`` stay strings, ``1e-3`` is a float."""
+    """YAML 1.2 core-schema scalars (``on``/``yes`` stay strings, ``1e-3`` is a float); a number written with a
+    leading zero (``0123``) stays a string too, neither octal (YAML 1.1) nor silently decimal."""
 
     yaml_implicit_resolvers: dict = {}
 
@@ -175,7 +176,7 @@ for _tag, _rx, _first in [
     ("tag:yaml.org,2002:int", r"^[-+]?(?:0|[1-9][0-9_]*)$", list("-+0123456789")),
     (
         "tag:yaml.org,2002:float",
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
         r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
         list("-+.0123456789"),
     ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass, field
 
 import pytest
@@ -77,12 +79,23 @@ def test_coerce_from_strings():
     assert coerce("a: 1", dict, "extra") == {"a": 1}
 
 
-@pytest.mark.parametrize("value, tp, shown", [
-    ("abc", int, "'abc'"), ("1.5", int, "'1.5'"), (True, int, "True"), ("maybe", bool, "'maybe'"),
-    (2, bool, "2"), ("x", float, "'x'"), (True, float, "True"), ("abc", float | None, "'abc'"),
-    (None, float, "None"), ("nope", dict, "'nope'"), ([1], str, "[1]"),
-    ("1,x", tuple[int, ...], "'x'"),  # the offending element is named
-])
+@pytest.mark.parametrize(
+    "value, tp, shown",
+    [
+        ("abc", int, "'abc'"),
+        ("1.5", int, "'1.5'"),
+        (True, int, "True"),
+        ("maybe", bool, "'maybe'"),
+        (2, bool, "2"),
+        ("x", float, "'x'"),
+        (True, float, "True"),
+        ("abc", float | None, "'abc'"),
+        (None, float, "None"),
+        ("nope", dict, "'nope'"),
+        ([1], str, "[1]"),
+        ("1,x", tuple[int, ...], "'x'"),  # the offending element is named
+    ],
+)
 def test_coerce_rejects_with_key_and_value(value, tp, shown):
     with pytest.raises(UserError) as e:
         coerce(value, tp, "some.key")
@@ -111,8 +124,7 @@ def test_resolve_coerces_strings():
 
 def test_resolve_applies_layers_in_order():
     base = Cfg()
-    cfg = resolve(base, {"lr": 0.1, "epochs": 3, "name": "preset"}, {"lr": 0.2, "name": "file"},
-                  {"name": "cli"})
+    cfg = resolve(base, {"lr": 0.1, "epochs": 3, "name": "preset"}, {"lr": 0.2, "name": "file"}, {"name": "cli"})
     assert (cfg.lr, cfg.epochs, cfg.name) == (0.2, 3, "cli")
     assert base.lr == 3e-4  # the input is not mutated
     cfg = resolve(base, {"name": "cli"}, {"name": "later"})
@@ -305,3 +317,150 @@ def test_unknown_choice_suggests_close_match():
     with pytest.raises(UnknownChoice) as e:
         reg.get("zzzzzz")
     assert "did you mean" not in str(e.value)
+
+
+# ============================================================================ --set values, limits, machine checks
+from policyopt.config import (  # noqa: E402
+    CONVENTIONS,
+    Raw,
+    _mlp,
+    check_device,
+    check_memory,
+    import_user_module,
+    int_in,
+    load_user_object,
+    parse_int,
+    widths_in,
+    yaml_value,
+)
+
+
+def test_set_values_are_yaml_12_scalars_where_the_type_does_not_decide():
+    k = "extra.x"
+    assert yaml_value(Raw("50"), k) == 50 and yaml_value(Raw("1e-3"), k) == 0.001
+    assert yaml_value(Raw("true"), k) is True and yaml_value(Raw("null"), k) is None
+    # YAML 1.1 quirks do not apply: these stay strings
+    for text in ("on", "yes", "0123", "2020-01-01", "nan", "1_000:00"):
+        assert yaml_value(Raw(text), k) == text
+    assert yaml_value(Raw("[1, 2]"), k) == [1, 2] and yaml_value(Raw("{a: 1}"), k) == {"a": 1}
+    v = yaml_value(Raw(".nan"), k)
+    assert v != v
+    with pytest.raises(UserError, match="not valid YAML.*line 1"):
+        yaml_value(Raw("{a: 1"), k)
+    with pytest.raises(UserError, match="refers to itself"):
+        yaml_value(Raw("&a [*a]"), k)
+    assert yaml_value(Raw("a: b: c"), k) == "a: b: c"  # not YAML and not a collection: the text itself
+
+
+def test_dotted_set_into_a_dict_field_is_typed_but_yaml_file_strings_stay_strings():
+    cfg = resolve(Cfg(), parse_sets(["extra.n=50", "extra.s=on", "extra.f=1e-3", "extra.l=[1, 2]"]))
+    assert cfg.extra == {"n": 50, "s": "on", "f": 0.001, "l": [1, 2]}
+    assert resolve(Cfg(), {"extra": {"n": "50"}}).extra == {"n": "50"}  # quoted in a YAML file: a string
+    assert resolve(Cfg(), parse_sets(["extra={a: 1, b: [x]}"])).extra == {"a": 1, "b": ["x"]}
+    cfg = resolve(Cfg(), parse_sets(["inner={width: 8, act: relu}"]))  # a whole section from one --set
+    assert (cfg.inner.width, cfg.inner.act) == (8, "relu")
+    assert to_yaml(cfg).count("!!") == 0  # no Python-specific tags (Raw is written as a plain string)
+
+
+def test_union_and_list_coercion_of_command_line_text():
+    assert coerce(Raw("true"), str | bool, "k") is True
+    assert coerce(Raw("cheap"), str | bool, "k") == "cheap"
+    assert coerce(Raw("0123"), str | None, "k") == "0123"
+    assert coerce(Raw('["\\n", "x"]'), list[str], "k") == ["\n", "x"]  # a YAML list, not a comma split
+    assert coerce(Raw("64,64"), tuple[int, ...], "k") == (64, 64)
+    assert coerce("18446744073709551617", int, "k") == 18446744073709551617  # exact, not through a float
+    with pytest.raises(UserError, match="too large"):
+        coerce(10**400, float, "k")
+
+
+def test_parse_int():
+    assert parse_int("1e6") == 10**6 and parse_int("1_000") == 1000 and parse_int(" 7 ") == 7
+    assert parse_int("18446744073709551616") == 2**64
+    for bad in ("1.5", "nan", "inf", "1e400", "2**64", "", "x"):
+        assert parse_int(bad) is None, bad
+
+
+@dataclass
+class Shared:
+    seed: int = opt(1)
+    threads: int = opt(1)
+    total_steps: int = opt(100)
+    hidden: tuple[int, ...] = opt((8,))
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_conventional_limits_apply_to_every_config_by_field_name():
+    resolve(Shared(), {"seed": 0}, {"seed": 2**32 - 1, "threads": 1024, "total_steps": 10**12, "hidden": [65536]})
+    for key, bad, shown in [
+        ("seed", -1, "[0, 4294967295]"),
+        ("seed", 2**32, "[0, 4294967295]"),
+        ("threads", 1025, "[1, 1024]"),
+        ("total_steps", 10**12 + 1, "[1, 10**12]"),
+        ("hidden", [65537], "[1, 65536]"),
+        ("seed", True, "expects int"),
+    ]:
+        with pytest.raises(UserError) as e:
+            resolve(Shared(), {key: bad})
+        assert f"'{key}'" in str(e.value) and shown in str(e.value), (key, str(e.value))
+    assert set(CONVENTIONS) >= {"seed", "threads", "total_steps", "num_envs", "eval_episodes", "hidden"}
+    assert int_in(2, 5)(6) == "must be an integer in [2, 5]" and int_in(2, 5)(5) is None
+    assert widths_in(1, 4)((1, 4)) is None and widths_in(1, 4)((0,)) is not None
+
+
+def test_memory_lower_bounds_are_hand_computed():
+    assert _mlp(4, [8], 2) == 4 * 8 + 8 + 8 * 2 + 2
+    cfg = types.SimpleNamespace(n_steps=10, num_envs=2)
+    need = 4 * 10 * 2 * (4 + 2 + 6)  # float32 obs (4) + action (2) + 6 per-step scalars
+    check_memory(cfg, obs=4, act=2, available=need)  # exactly fits
+    with pytest.raises(UserError) as e:
+        check_memory(cfg, obs=4, act=2, available=need - 1)
+    assert "n_steps=10, num_envs=2" in str(e.value) and "rollout buffer" in str(e.value)
+    net = types.SimpleNamespace(hidden=(8,))
+    with pytest.raises(UserError, match="networks"):
+        check_memory(net, obs=4, act=2, available=16 * (_mlp(4, [8], 2) + _mlp(4, [8], 1)) - 1)
+
+
+def test_device_check():
+    import torch
+
+    check_device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="'cuda'.*CUDA is not available.*valid: cpu"):
+            check_device("cuda")
+    with pytest.raises(UserError, match="'xpu9'"):
+        check_device("xpu9")
+
+
+def test_user_modules_fail_with_one_line_naming_the_cause(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "um_broken.py").write_text("import os\n\nx = missing + 1\n")
+    (tmp_path / "um_syntax.py").write_text("def f(:\n    pass\n")
+    (tmp_path / "um_ok.py").write_text("def g():\n    return 1\n\nVALUE = 3\n")
+    with pytest.raises(UserError) as e:
+        import_user_module("um_broken")
+    assert str(e.value) == "cannot import um_broken: NameError: name 'missing' is not defined (um_broken.py, line 3)"
+    with pytest.raises(UserError, match=r"cannot import um_syntax: SyntaxError: .*\(um_syntax.py, line 1\)"):
+        import_user_module("um_syntax")
+    with pytest.raises(UserError, match="no module named 'um_nope'"):
+        import_user_module("um_nope")
+    with pytest.raises(UserError, match="not a module name"):
+        import_user_module("../x")
+    assert load_user_object("um_ok:g", "reward function")() == 1
+    with pytest.raises(UserError, match="no attribute 'h'; its callables: g"):
+        load_user_object("um_ok:h", "reward function")
+    with pytest.raises(UserError, match="module:name"):
+        load_user_object("um_ok:", "reward function")
+    for name in ("um_broken", "um_syntax", "um_ok"):
+        sys.modules.pop(name, None)
+
+
+def test_files_that_are_not_utf8_or_refer_to_themselves(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"not UTF-8 text: byte 0xe9 at offset 9"):
+        load_yaml(bad)
+    cyc = tmp_path / "cycle.yaml"
+    cyc.write_text("a: &x\n  b: *x\n")
+    with pytest.raises(UserError, match="refers to itself"):
+        load_yaml(cyc)
