@@ -258,12 +258,12 @@ CASES = {
     ),
     "dataset not UTF-8": C(
         ["train", "grpo", "--dataset", "d.jsonl", *LM_TINY],
-        ("'d.jsonl'", "not UTF-8", "0xff"),
+        ("d.jsonl'", "not UTF-8", "0xff"),
         write("d.jsonl", b'{"prompt": "1+1=", "answer": "2"}\n{"prompt": "\xff", "answer": "3"}\n'),
     ),
     "dataset folder": C(
         ["train", "grpo", "--dataset", "folder", *LM_TINY],
-        ("'folder'", "save_to_disk"),
+        ("folder'", "save_to_disk"),
         write("folder/readme.txt", "not a dataset"),
         needs="datasets",
     ),
