@@ -52,8 +52,7 @@ def main() -> None:
                 step(fwd)
             reps.append((time.perf_counter() - t) / 1000)
         ms = statistics.median(reps) * 1e3
-        print(f"{name}: {ms:.3f} ms per stripped gradient step (median of 5 x 1000); "
-              f"x 7,820 steps = {ms * 7.82:.1f} s")
+        print(f"{name}: {ms:.3f} ms per stripped gradient step (median of 5 x 1000); x 7,820 steps = {ms * 7.82:.1f} s")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ from policyopt.runs import rundir
 from policyopt.runs.files import atomic_write_text
 
 
-def configure(algo: str, *, config_file: str | Path | None = None, sets: Mapping[str, Any] | None = None,
-           **flags: Any):
+def configure(algo: str, *, config_file: str | Path | None = None, sets: Mapping[str, Any] | None = None, **flags: Any):
     """The resolved config of preset ``algo``: dataclass defaults < preset < tuned env/task preset < YAML file
     < ``sets`` (dotted keys, as ``--set``) < ``flags`` (``env=``/``task=`` select the target, any other field
     name sets that field)."""
@@ -37,8 +36,9 @@ def configure(algo: str, *, config_file: str | Path | None = None, sets: Mapping
     return algos.build_config(algo, config_file=config_file, sets=sets, flags=flags)
 
 
-def train(cfg: Any, out: str | Path, *, resume: bool = False, algo: str | None = None,
-          **run_info: Any) -> dict[str, Any]:
+def train(
+    cfg: Any, out: str | Path, *, resume: bool = False, algo: str | None = None, **run_info: Any
+) -> dict[str, Any]:
     """Train ``cfg`` (any family's config) into the run directory ``out``, or resume the run there.
     ``algo`` and ``run_info`` are recorded in ``run.json``."""
     from policyopt.runs.lifecycle import family_of
@@ -63,8 +63,14 @@ def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: boo
     return fam.load("train")(cfg, Path(run_dir), resume=True)
 
 
-def evaluate(run_dir: str | Path, *, episodes: int | None = None, video: bool = False, deterministic: bool = True,
-             save: bool = True) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path,
+    *,
+    episodes: int | None = None,
+    video: bool = False,
+    deterministic: bool = True,
+    save: bool = True,
+) -> dict[str, Any]:
     """Evaluate a run's saved policy; with ``save`` the result is also written to ``RUN_DIR/evals/eval-N.json``."""
     from policyopt.runs.lifecycle import load_family
 
@@ -74,10 +80,10 @@ def evaluate(run_dir: str | Path, *, episodes: int | None = None, video: bool = 
     if save:
         folder = Path(run_dir) / "evals"
         folder.mkdir(exist_ok=True)
-        n = 1 + max((int(p.stem.split("-")[1]) for p in folder.glob("eval-*.json")
-                     if p.stem.split("-")[1].isdigit()), default=0)
+        n = 1 + max(
+            (int(p.stem.split("-")[1]) for p in folder.glob("eval-*.json") if p.stem.split("-")[1].isdigit()), default=0
+        )
         settings = {"episodes": episodes, "deterministic": deterministic, "video": video}
         atomic_write_text(folder / f"eval-{n}.json", json.dumps({**result, "settings": settings}, indent=2))
         result = {**result, "saved": str(folder / f"eval-{n}.json")}
     return result
-

@@ -31,8 +31,9 @@ class Registry(Generic[T]):
         Re-registering a name with another object raises."""
         unknown = set(meta) - set(self._meta_defaults)
         if unknown and self._meta_defaults:
-            raise TypeError(f"{self.kind} {name!r}: unknown metadata {sorted(unknown)}; "
-                            f"known: {sorted(self._meta_defaults)}")
+            raise TypeError(
+                f"{self.kind} {name!r}: unknown metadata {sorted(unknown)}; known: {sorted(self._meta_defaults)}"
+            )
 
         def add(o: T) -> T:
             if name in self._items and self._items[name] is not o:

@@ -57,8 +57,13 @@ GAE_RET = [[3.34432, 1.0], [3.006, 4.6], [3.8, 1.45]]
 
 
 def _gae_inputs():
-    return (t(GAE_R), t(GAE_V), t(GAE_NV), torch.tensor(GAE_TERM, dtype=torch.bool),
-            torch.tensor(GAE_TRUNC, dtype=torch.bool))
+    return (
+        t(GAE_R),
+        t(GAE_V),
+        t(GAE_NV),
+        torch.tensor(GAE_TERM, dtype=torch.bool),
+        torch.tensor(GAE_TRUNC, dtype=torch.bool),
+    )
 
 
 def test_gae_hand_example_termination_truncation_and_rollout_end():
@@ -107,8 +112,9 @@ VALID = [[1], [1], [0], [1]]
 
 
 def test_gae_valid_mask_zeroes_invalid_step():
-    adv, ret = F.gae(t(VALID_R), t(VALID_V), t(VALID_NV), t([[0], [1], [0], [0]]), t([[0]] * 4), 0.9, 0.8,
-                     valid=t(VALID))
+    adv, ret = F.gae(
+        t(VALID_R), t(VALID_V), t(VALID_NV), t([[0], [1], [0], [0]]), t([[0]] * 4), 0.9, 0.8, valid=t(VALID)
+    )
     close(adv, [[1.62], [1.0], [0.0], [1.7]])
     close(ret, [[2.62], [2.0], [50.0], [3.7]])  # returns = A + V, also at the invalid step
 
@@ -148,8 +154,7 @@ def test_discounted_returns_truncation_termination_rollout_end():
 def test_discounted_returns_valid_mask():
     # env 0 of the autoreset example above: G_3 = 1 + 0.9*3 = 3.7, G_2 = 0 (invalid),
     # G_1 = 2 (terminated), G_0 = 1 + 0.9 * 2 = 2.8
-    g = F.discounted_returns(t(VALID_R), t(VALID_NV), t([[0], [1], [0], [0]]), t([[0]] * 4), 0.9,
-                             valid=t(VALID))
+    g = F.discounted_returns(t(VALID_R), t(VALID_NV), t([[0], [1], [0], [0]]), t([[0]] * 4), 0.9, valid=t(VALID))
     close(g, [[2.8], [2.0], [0.0], [3.7]])
 
 
@@ -298,8 +303,10 @@ def test_reinforce_pp_token_rewards_with_kl():
     r = F.reinforce_pp_token_rewards(t([1.0, 2.0, 3.0]), t(RPP_MASK + [[0, 0, 0, 0]]))
     close(r, [[0.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0] * 4])
     # kl given but kl_coef = 0 -> ignored
-    close(F.reinforce_pp_token_rewards(t(RPP_SEQ), t(RPP_MASK), t(RPP_KL), 0.0),
-          [[0.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    close(
+        F.reinforce_pp_token_rewards(t(RPP_SEQ), t(RPP_MASK), t(RPP_KL), 0.0),
+        [[0.0, 0.0, 1.0, 0.0], [0.0, 2.0, 0.0, 0.0]],
+    )
 
 
 def test_reward_to_go():
@@ -322,8 +329,9 @@ def test_reinforce_pp_whitens_reward_to_go():
 def test_reinforce_pp_baseline():
     # groups {0, 1} and {2, 3}; centred rewards: [1-2, 3-2, 2-2, 2-2] = [-1, 1, 0, 0]
     # tokens (mask rows [1,1],[1,1],[1,0],[1,0]): -1, -1, 1, 1, 0, 0 -> mean 0, unbiased var 4/5
-    adv = F.reinforce_pp_baseline(t([1.0, 3.0, 2.0, 2.0]), torch.tensor([0, 0, 1, 1]),
-                                  t([[1, 1], [1, 1], [1, 0], [1, 0]]))
+    adv = F.reinforce_pp_baseline(
+        t([1.0, 3.0, 2.0, 2.0]), torch.tensor([0, 0, 1, 1]), t([[1, 1], [1, 1], [1, 0], [1, 0]])
+    )
     s = math.sqrt(0.8)
     close(adv, [[-1 / s, -1 / s], [1 / s, 1 / s], [0.0, 0.0], [0.0, 0.0]], atol=1e-7)
 
@@ -368,8 +376,18 @@ def test_gdpo_separates_equal_sums_grpo_does_not():
 
 # ========================================================================= registry adapters
 def test_registry_names_and_unknown():
-    assert {"gae", "mc", "mc_raw", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gdpo",
-            "whiten"} <= set(ADVANTAGES.names())
+    assert {
+        "gae",
+        "mc",
+        "mc_raw",
+        "grpo",
+        "dr_grpo",
+        "rloo",
+        "reinforce_pp",
+        "reinforce_pp_baseline",
+        "gdpo",
+        "whiten",
+    } <= set(ADVANTAGES.names())
     with pytest.raises(UnknownChoice) as e:
         ADVANTAGES.get("grop")
     assert "grpo" in str(e.value)
@@ -383,16 +401,27 @@ def test_adapter_gae_and_mc():
     close(adv, GAE_ADV)
     close(ret, GAE_RET)
     # mc on the MC example, values all 1 -> adv = G - 1
-    x = AdvantageInputs(rewards=t(MC_R), values=torch.ones(4, 3, dtype=D), next_values=t(MC_NV),
-                        terminated=t(MC_TERM), truncated=t(MC_TRUNC))
+    x = AdvantageInputs(
+        rewards=t(MC_R),
+        values=torch.ones(4, 3, dtype=D),
+        next_values=t(MC_NV),
+        terminated=t(MC_TERM),
+        truncated=t(MC_TRUNC),
+    )
     adv, ret = ADVANTAGES.get("mc")(x, cfg)
     close(ret, MC_G)
     close(adv, t(MC_G) - 1)
     adv, ret = ADVANTAGES.get("mc_raw")(x, cfg)
     close(adv, MC_G)
     # mc with a valid mask: invalid step advantage 0 (V = 50 there would give -50 otherwise)
-    x = AdvantageInputs(rewards=t(VALID_R), values=t(VALID_V), next_values=t(VALID_NV),
-                        terminated=t([[0], [1], [0], [0]]), truncated=t([[0]] * 4), valid=t(VALID))
+    x = AdvantageInputs(
+        rewards=t(VALID_R),
+        values=t(VALID_V),
+        next_values=t(VALID_NV),
+        terminated=t([[0], [1], [0], [0]]),
+        truncated=t([[0]] * 4),
+        valid=t(VALID),
+    )
     adv, ret = ADVANTAGES.get("mc")(x, cfg)
     close(ret, [[2.8], [2.0], [0.0], [3.7]])
     close(adv, [[1.8], [1.0], [0.0], [1.7]])
@@ -421,8 +450,9 @@ def test_adapter_grpo_broadcasts_to_mask():
     adv, _ = ADVANTAGES.get("rloo")(x, AdvantageConfig())
     close(adv, [[-2.0, -2.0, 0.0], [2.0, 0.0, 0.0], [0.0] * 3])
     # without a mask the per-sequence (B,) advantage comes back
-    adv, _ = ADVANTAGES.get("grpo")(AdvantageInputs(rewards=t([1.0, 3.0]), group_ids=torch.tensor([0, 0])),
-                                    AdvantageConfig(std_eps=0.0))
+    adv, _ = ADVANTAGES.get("grpo")(
+        AdvantageInputs(rewards=t([1.0, 3.0]), group_ids=torch.tensor([0, 0])), AdvantageConfig(std_eps=0.0)
+    )
     close(adv, [-1 / s2, 1 / s2])
 
 
@@ -437,14 +467,19 @@ def test_adapter_reinforce_pp_and_baseline_and_gdpo_and_whiten():
     adv2, _ = ADVANTAGES.get("reinforce_pp")(AdvantageInputs(rewards=t(RPP_TOK), mask=t(RPP_MASK)), cfg)
     close(adv2, adv)
 
-    x = AdvantageInputs(rewards=t([1.0, 3.0, 2.0, 2.0]), group_ids=torch.tensor([0, 0, 1, 1]),
-                        mask=t([[1, 1], [1, 1], [1, 0], [1, 0]]))
+    x = AdvantageInputs(
+        rewards=t([1.0, 3.0, 2.0, 2.0]), group_ids=torch.tensor([0, 0, 1, 1]), mask=t([[1, 1], [1, 1], [1, 0], [1, 0]])
+    )
     adv, _ = ADVANTAGES.get("reinforce_pp_baseline")(x, cfg)
     s = math.sqrt(0.8)
     close(adv, [[-1 / s, -1 / s], [1 / s, 1 / s], [0.0, 0.0], [0.0, 0.0]], atol=1e-7)
 
-    x = AdvantageInputs(rewards=t([1.0, 1.0, 1.0, 0.0]), group_ids=torch.tensor([0, 0, 0, 0]),
-                        reward_components=t(GDPO_COMP), mask=t([[1, 0], [1, 1], [1, 1], [1, 1]]))
+    x = AdvantageInputs(
+        rewards=t([1.0, 1.0, 1.0, 0.0]),
+        group_ids=torch.tensor([0, 0, 0, 0]),
+        reward_components=t(GDPO_COMP),
+        mask=t([[1, 0], [1, 1], [1, 1], [1, 1]]),
+    )
     adv, _ = ADVANTAGES.get("gdpo")(x, AdvantageConfig(std_eps=0.0))
     a, b, d = S3 / 2 - 0.5, 1.5 - S3 / 2, -S3 / 2 - 0.5
     sd = math.sqrt((6 - 2 * S3) / 3)

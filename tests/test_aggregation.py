@@ -27,12 +27,15 @@ def test_registry_holds_the_four_modes():
         Aggregator.for_batch("token-sum", t(MASK))
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("token-mean", (1 + 2 + 4) / 3),                 # 7 / 3 tokens
-    ("seq-mean-token-mean", ((1 + 2) / 2 + 4 / 1) / 2),  # (1.5 + 4) / 2 = 2.75
-    ("seq-mean-token-sum", ((1 + 2) + 4) / 2),       # 3.5
-    ("seq-mean-token-sum-norm", (1 + 2 + 4) / (2 * 3)),  # 7 / (B * L) = 7 / 6
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("token-mean", (1 + 2 + 4) / 3),  # 7 / 3 tokens
+        ("seq-mean-token-mean", ((1 + 2) / 2 + 4 / 1) / 2),  # (1.5 + 4) / 2 = 2.75
+        ("seq-mean-token-sum", ((1 + 2) + 4) / 2),  # 3.5
+        ("seq-mean-token-sum-norm", (1 + 2 + 4) / (2 * 3)),  # 7 / (B * L) = 7 / 6
+    ],
+)
 def test_modes_hand_example(mode, expected):
     assert aggregate(t(X), t(MASK), mode).item() == pytest.approx(expected)
     agg = Aggregator.for_batch(mode, t(MASK))
@@ -87,8 +90,9 @@ def test_naive_micro_batch_normalizer_is_wrong_for_token_mean():
     torch.testing.assert_close(g_glob, g_full)
 
     # Naive: each micro-batch divided by its own token count: (1+2+3)/3 + 10/1 = 12, grads 1/3 and 1.
-    naive = (Aggregator.for_batch("token-mean", mask[:1])(theta[:1], mask[:1])
-             + Aggregator.for_batch("token-mean", mask[1:])(theta[1:], mask[1:]))
+    naive = Aggregator.for_batch("token-mean", mask[:1])(theta[:1], mask[:1]) + Aggregator.for_batch(
+        "token-mean", mask[1:]
+    )(theta[1:], mask[1:])
     assert naive.item() == pytest.approx(12.0)
     (g_naive,) = torch.autograd.grad(naive, theta)
     torch.testing.assert_close(g_full, t([[0.25, 0.25, 0.25], [0.25, 0.0, 0.0]]))
@@ -113,7 +117,7 @@ def batches(draw):
 def _per_token_losses(theta: torch.Tensor, w: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
     # Differentiable in a per-token parameter theta (B, T) and a parameter w (T,) shared by all rows,
     # so the gradient w.r.t. w must be accumulated across micro-batches.
-    return torch.sin(theta * data) * w + theta ** 2 * data.cos() + torch.tanh(w * data)
+    return torch.sin(theta * data) * w + theta**2 * data.cos() + torch.tanh(w * data)
 
 
 @pytest.mark.parametrize("mode", MODES)

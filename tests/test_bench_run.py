@@ -97,9 +97,7 @@ def test_resume_skips_finished_cells(bench, capsys):
 
 def test_changed_config_is_refused(bench, capsys):
     d, _, _ = bench
-    other = write_spec(
-        d / "other.yaml", sets={"tensorboard": False, "checkpoint_every": 0, "learning_rate": 0.01}
-    )
+    other = write_spec(d / "other.yaml", sets={"tensorboard": False, "checkpoint_every": 0, "learning_rate": 0.01})
     assert main(["bench", str(other), "--out", str(d / "out"), "--no-report"]) == 2
     assert "different config" in capsys.readouterr().err
 

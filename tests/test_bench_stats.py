@@ -56,9 +56,7 @@ def test_probability_of_improvement_of_dominating_algorithm_is_one():
     rows = rows_from({"good": [10, 11, 12, 13], "bad": [1, 2, 3, 4]}) + rows_from(
         {"good": [5, 6, 7, 8], "bad": [0, 1, 2, 3]}, target="U"
     )
-    poi = {
-        (p["x"], p["y"]): p for p in stats.probability_of_improvement(rows, ["good", "bad"], ["T", "U"], 200)
-    }
+    poi = {(p["x"], p["y"]): p for p in stats.probability_of_improvement(rows, ["good", "bad"], ["T", "U"], 200)}
     assert poi[("good", "bad")]["p"] == pytest.approx(1.0)
     assert poi[("bad", "good")]["p"] == pytest.approx(0.0)
     assert poi[("good", "bad")]["lo"] == pytest.approx(1.0)  # every bootstrap resample is dominated too
@@ -116,11 +114,7 @@ def test_spec_parsing_and_errors():
             "eval": {"every": 500},
         }
     )
-    assert (
-        spec.seeds == [1, 2, 3]
-        and spec.budget_for("CartPole-v1") == 1000
-        and spec.budget_for("gsm8k") is None
-    )
+    assert spec.seeds == [1, 2, 3] and spec.budget_for("CartPole-v1") == 1000 and spec.budget_for("gsm8k") is None
     assert "mean of its last 3 evaluations" in spec.protocol.describe()
     lm_only, both = spec.protocol.describe(control=False, lm=True), spec.protocol.describe(lm=True)
     assert lm_only.startswith("Greedy decoding") and "episodes" not in lm_only
@@ -162,9 +156,7 @@ def test_grid_pairs_each_algorithm_with_targets_of_its_kind(tmp_path):
     assert len(cells) == 4
     c = cells[("ppo", "Acrobot-v1", 4)]
     assert (c.config["env_id"], c.config["seed"], c.config["total_steps"]) == ("Acrobot-v1", 4, 2000)
-    assert (
-        c.config["learning_rate"] == 0.5 and cells[("ppo", "Acrobot-v1", 3)].config["learning_rate"] == 0.01
-    )
+    assert c.config["learning_rate"] == 0.5 and cells[("ppo", "Acrobot-v1", 3)].config["learning_rate"] == 0.01
     assert c.config["n_steps"] == 256  # the tuned Acrobot preset still applies below the spec's overrides
     assert (c.config["eval_every"], c.config["eval_episodes"], c.config["progress"]) == (500, 4, False)
     assert c.run_dir == str(tmp_path / "runs" / "ppo__Acrobot-v1__s4")

@@ -21,8 +21,12 @@ def _functions(path: Path):
 
 
 def test_no_function_longer_than_the_limit():
-    long = [f"{p.relative_to(PKG.parent)}:{f.lineno} {f.name} ({f.end_lineno - f.lineno + 1} lines)"
-            for p in SOURCES for f in _functions(p) if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES]
+    long = [
+        f"{p.relative_to(PKG.parent)}:{f.lineno} {f.name} ({f.end_lineno - f.lineno + 1} lines)"
+        for p in SOURCES
+        for f in _functions(p)
+        if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES
+    ]
     assert not long, "functions over the limit: " + "; ".join(long)
 
 
@@ -51,9 +55,12 @@ PROCESS_WORDS = re.compile(r"\bissue \d|\bsession\b(?! that)|/work/|\bshared/|\b
 
 
 def test_shipped_code_speaks_of_the_project_only():
-    hits = [f"{p.relative_to(PKG.parent)}:{i}" for p in SOURCES
-            for i, line in enumerate(p.read_text().splitlines(), 1)
-            if PROCESS_WORDS.search(line) and "interactive sessions" not in line]
+    hits = [
+        f"{p.relative_to(PKG.parent)}:{i}"
+        for p in SOURCES
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if PROCESS_WORDS.search(line) and "interactive sessions" not in line
+    ]
     assert not hits, "process words in shipped code: " + ", ".join(hits)
 
 

@@ -40,8 +40,13 @@ def test_next_step_autoreset_returns_final_observation_then_reset():
         valid, _ = tr.step(r, term, trunc)
         seen.append((float(obs[0, 0]), float(r[0]), bool(term[0]), bool(valid[0])))
     env.close()
-    assert seen == [(2.0, 1.0, False, True), (1.0, 1.0, False, True), (0.0, 1.0, True, True),
-                    (3.0, 0.0, False, False), (2.0, 1.0, False, True)]
+    assert seen == [
+        (2.0, 1.0, False, True),
+        (1.0, 1.0, False, True),
+        (0.0, 1.0, True, True),
+        (3.0, 0.0, False, False),
+        (2.0, 1.0, False, True),
+    ]
 
 
 def test_running_mean_std_matches_numpy_over_batches():
@@ -107,8 +112,14 @@ def test_checkpoint_roundtrip_nested_state_and_rng(tmp_path):
     opt = torch.optim.Adam(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
-             "counters": {"iteration": 7}, "recent": [[1.5, 3]], "arr": np.arange(4.0)}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng": rng_state(),
+        "counters": {"iteration": 7},
+        "recent": [[1.5, 3]],
+        "arr": np.arange(4.0),
+    }
     save_checkpoint(tmp_path / "c.safetensors", state)
     torch.rand(5)
     loaded = load_checkpoint(tmp_path / "c.safetensors")

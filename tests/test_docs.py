@@ -41,8 +41,7 @@ def in_tmp(tmp_path, monkeypatch):
 
     for name in ("my_losses", "bandit_example", "my_selectors"):
         sys.modules.pop(name, None)
-    for registry, name in ((FAMILIES, "example/bandit"), (POLICY_LOSSES, "clipped_pg"),
-                           (SELECTORS, "short_answers")):
+    for registry, name in ((FAMILIES, "example/bandit"), (POLICY_LOSSES, "clipped_pg"), (SELECTORS, "short_answers")):
         if name in registry:
             registry.unregister(name)
 

@@ -66,8 +66,7 @@ HAND = {
     "cpgd": lambda lp, lo: (
         torch.maximum(
             -_grpo_adv(REWARDS) * (lp - lo),
-            -_grpo_adv(REWARDS)
-            * torch.clamp(lp - lo, torch.log(torch.tensor(0.8)), torch.log(torch.tensor(1.2))),
+            -_grpo_adv(REWARDS) * torch.clamp(lp - lo, torch.log(torch.tensor(0.8)), torch.log(torch.tensor(1.2))),
         )
         + 0.01 * (torch.exp(lp - lo) - 1 - (lp - lo))  # preset drift coefficient (ratios here stay < 3)
     ),
@@ -185,9 +184,7 @@ def test_dr_grpo_per_sequence_weight_independent_of_length():
     assert weights["grpo"].std() > 0
 
 
-@pytest.mark.parametrize(
-    "name", ["grpo", "dr_grpo", "rloo", "cispo", "gspo", "cpgd", "reinforce_pp_baseline", "opmd"]
-)
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "cispo", "gspo", "cpgd", "reinforce_pp_baseline", "opmd"])
 def test_bandit_learning_raises_expected_success(name):
     """Tabular softmax over 4 answers for 5 prompts, hidden success probabilities; 60 group updates."""
     cfg = algos.build_config(name)

@@ -15,8 +15,21 @@ THRESHOLD = 150
 @pytest.mark.parametrize("algo", sorted(BUDGET))
 def test_preset_learns_cartpole(cli, tmp_path, algo):
     out = tmp_path / algo
-    code, _, err = cli("train", algo, "--env", "CartPole-v1", "--seed", "1", "--total-steps", str(BUDGET[algo]),
-                       "--out", str(out), "--no-progress", "--set", "tensorboard=false")
+    code, _, err = cli(
+        "train",
+        algo,
+        "--env",
+        "CartPole-v1",
+        "--seed",
+        "1",
+        "--total-steps",
+        str(BUDGET[algo]),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "tensorboard=false",
+    )
     assert code == 0, err
     ev = json.loads((out / "eval.json").read_text())
     assert ev["return_mean"] >= THRESHOLD, ev

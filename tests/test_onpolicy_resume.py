@@ -15,9 +15,29 @@ import torch
 
 from policyopt.runs.checkpoint import load_checkpoint
 
-ARGS = ["--env", "CartPole-v1", "--set", "num_envs=2", "--set", "n_steps=16", "--set", "minibatch_size=16",
-        "--set", "epochs=2", "--set", "checkpoint_every=32", "--set", "norm_obs=true", "--total-steps", "3000",
-        "--seed", "5", "--no-progress", "--set", "tensorboard=false"]
+ARGS = [
+    "--env",
+    "CartPole-v1",
+    "--set",
+    "num_envs=2",
+    "--set",
+    "n_steps=16",
+    "--set",
+    "minibatch_size=16",
+    "--set",
+    "epochs=2",
+    "--set",
+    "checkpoint_every=32",
+    "--set",
+    "norm_obs=true",
+    "--total-steps",
+    "3000",
+    "--seed",
+    "5",
+    "--no-progress",
+    "--set",
+    "tensorboard=false",
+]
 EXTRA = {"props": ["--set", "props.every=16", "--set", "props.epochs=4"], "ppo_ewma": [], "fixpo": []}
 
 
@@ -41,8 +61,9 @@ def test_kill_and_resume_matches_uninterrupted_run(cli, tmp_path, algo):
 
     run = tmp_path / "killed"
     exe = Path(sys.executable).parent / "policyopt"
-    proc = subprocess.Popen([str(exe), "train", algo, "--out", str(run), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "train", algo, "--out", str(run), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt = run / "checkpoints" / "latest.safetensors"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:

@@ -14,9 +14,29 @@ import torch
 
 from policyopt.runs.checkpoint import load_checkpoint
 
-ARGS = ["--set", "num_envs=2", "--set", "n_steps=16", "--set", "minibatch_size=16", "--set", "epochs=2",
-        "--set", "checkpoint_every=32", "--set", "norm_obs=true", "--set", "norm_reward=true",
-        "--total-steps", "4000", "--seed", "5", "--no-progress", "--set", "tensorboard=false"]
+ARGS = [
+    "--set",
+    "num_envs=2",
+    "--set",
+    "n_steps=16",
+    "--set",
+    "minibatch_size=16",
+    "--set",
+    "epochs=2",
+    "--set",
+    "checkpoint_every=32",
+    "--set",
+    "norm_obs=true",
+    "--set",
+    "norm_reward=true",
+    "--total-steps",
+    "4000",
+    "--seed",
+    "5",
+    "--no-progress",
+    "--set",
+    "tensorboard=false",
+]
 
 
 @pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
@@ -27,8 +47,11 @@ def test_kill_and_resume_matches_uninterrupted_run(cli, tmp_path, env):
 
     run = tmp_path / "killed"
     exe = Path(sys.executable).parent / "policyopt"
-    proc = subprocess.Popen([str(exe), "train", "ppo", "--env", env, "--out", str(run), *ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "train", "ppo", "--env", env, "--out", str(run), *ARGS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = run / "checkpoints" / "latest.safetensors"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -56,10 +79,32 @@ def test_kill_and_resume_matches_uninterrupted_run(cli, tmp_path, env):
 
 
 TINY = {
-    "ppo": ["--env", "CartPole-v1", "--set", "num_envs=2", "--set", "n_steps=16", "--set", "minibatch_size=16",
-            "--total-steps", "64"],
-    "sac": ["--env", "Pendulum-v1", "--set", "actor_hidden=[16,16]", "--set", "critic_hidden=[16,16]",
-            "--set", "learning_starts=50", "--set", "eval_episodes=2", "--total-steps", "100"],
+    "ppo": [
+        "--env",
+        "CartPole-v1",
+        "--set",
+        "num_envs=2",
+        "--set",
+        "n_steps=16",
+        "--set",
+        "minibatch_size=16",
+        "--total-steps",
+        "64",
+    ],
+    "sac": [
+        "--env",
+        "Pendulum-v1",
+        "--set",
+        "actor_hidden=[16,16]",
+        "--set",
+        "critic_hidden=[16,16]",
+        "--set",
+        "learning_starts=50",
+        "--set",
+        "eval_episodes=2",
+        "--total-steps",
+        "100",
+    ],
 }
 
 

@@ -54,12 +54,8 @@ def make_batch(tok, B: int = 8, L: int = 7, seed: int = 0, equal_prompt_len: boo
     """Fixed prompts/completions (some end with EOS, some are truncated at ``L``), group advantages,
     and perturbed old/reference log-prob offsets (so that both clip branches are exercised)."""
     g = torch.Generator().manual_seed(seed)
-    prompts = (
-        ["12+34=", "56+78=", "90+11=", "23+45="] if equal_prompt_len else ["1+2=", "56+78=", "9+11=", "3+45="]
-    )
-    prompt_ids = [
-        tok(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(B // len(prompts))
-    ]
+    prompts = ["12+34=", "56+78=", "90+11=", "23+45="] if equal_prompt_len else ["1+2=", "56+78=", "9+11=", "3+45="]
+    prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts for _ in range(B // len(prompts))]
     digits = tok("0123456789", add_special_tokens=False)["input_ids"]
     comp = []
     for i in range(B):
@@ -80,9 +76,7 @@ def group_advantages(rewards: torch.Tensor, G: int, eps: float) -> torch.Tensor:
     from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
 
     gid = torch.arange(len(rewards)) // G
-    adv, _ = ADVANTAGES.get("grpo")(
-        AdvantageInputs(rewards=rewards, group_ids=gid), AdvantageConfig(std_eps=eps)
-    )
+    adv, _ = ADVANTAGES.get("grpo")(AdvantageInputs(rewards=rewards, group_ids=gid), AdvantageConfig(std_eps=eps))
     return adv
 
 
@@ -145,9 +139,7 @@ def compare(
         tr, tok = _trl_trainer(
             model_dir, loss_type, beta, L, temperature, out, use_bias_correction_kl=bias_correction_kl
         )
-        prompt_ids, comp, rewards, offset, ref_offset = make_batch(
-            tok, B, L, equal_prompt_len=equal_prompt_len
-        )
+        prompt_ids, comp, rewards, offset, ref_offset = make_batch(tok, B, L, equal_prompt_len=equal_prompt_len)
         adv = group_advantages(rewards, G, 1e-4)  # TRL's eps
 
         # ---- policyopt side ----

@@ -164,9 +164,7 @@ def main() -> None:
     spec.loader.exec_module(tc)
     from policyopt.lm.tasks import load_task
 
-    rows = [
-        {"prompt": r["prompt"], "answer": r["answer"]} for r in load_task("addition", None, 0, 8).train[:512]
-    ]
+    rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in load_task("addition", None, 0, 8).train[:512]]
     res: dict[str, list[float]] = {"policyopt": [], "trl": []}
     lens: dict[str, list[float]] = {"policyopt": [], "trl": []}
     with tempfile.TemporaryDirectory() as d:
@@ -176,11 +174,7 @@ def main() -> None:
                 if a.only and name != a.only:
                     continue
                 out = Path(d) / f"{name}{r}"
-                t, ln = (
-                    run_policyopt(mdir, a.steps, out)
-                    if name == "policyopt"
-                    else run_trl(mdir, a.steps, out, rows)
-                )
+                t, ln = run_policyopt(mdir, a.steps, out) if name == "policyopt" else run_trl(mdir, a.steps, out, rows)
                 res[name] += t
                 lens[name].append(ln)
                 print(

@@ -113,8 +113,14 @@ def run_sb3(algo: str, env_id: str, steps: int, seed: int) -> dict:
 
 
 def _write(a, rows: list[dict]) -> None:
-    meta = {"algo": a.algo, "env": a.env_id, "steps": a.steps, "rows": rows,
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
+    meta = {
+        "algo": a.algo,
+        "env": a.env_id,
+        "steps": a.steps,
+        "rows": rows,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
     Path(a.out).write_text(json.dumps(meta, indent=1))
 
 
@@ -124,8 +130,22 @@ def _run_pair(a, seed: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as d:
         for cpu, lib in enumerate(a.libs):
             out = Path(d) / f"{lib}.json"
-            cmd = [sys.executable, __file__, a.algo, a.env_id, "--steps", str(a.steps), "--seeds", str(seed),
-                   "--libs", lib, "--out", str(out), "--cpu", str(cpu % os.cpu_count())]
+            cmd = [
+                sys.executable,
+                __file__,
+                a.algo,
+                a.env_id,
+                "--steps",
+                str(a.steps),
+                "--seeds",
+                str(seed),
+                "--libs",
+                lib,
+                "--out",
+                str(out),
+                "--cpu",
+                str(cpu % os.cpu_count()),
+            ]
             procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL), out))
         rows = []
         for proc, out in procs:

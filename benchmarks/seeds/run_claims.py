@@ -31,8 +31,10 @@ COMMON = {"tensorboard": False, "progress": False, "log_every": 256, "checkpoint
 # by maximum likelihood on the update data (sampling_error=mle), every 2nd iteration.
 PROPS_SE = {"sampling_error": "mle", "sampling_error_mle": {"every": 2}}
 PROPS_VARIANTS = (("ppo", "ppo", {}), ("ppo_buffer", "props", {"props": {"epochs": 0}}), ("props", "props", {}))
-PROPS_ENVS = {"CartPole-v1": (50_000, {}),  # props preset: behaviour adapted every 64 env steps
-              "Pendulum-v1": (40_000, {"props": {"every": 1024, "epochs": 8}})}
+PROPS_ENVS = {
+    "CartPole-v1": (50_000, {}),  # props preset: behaviour adapted every 64 env steps
+    "Pendulum-v1": (40_000, {"props": {"every": 1024, "epochs": 8}}),
+}
 # Sensitivity of the estimator to how long the empirical policy is trained: 5x the step cap (CartPole).
 PROPS_FIT_CHECK = {"sampling_error": "mle", "sampling_error_mle": {"every": 4, "max_steps": 1000}}
 
@@ -43,12 +45,24 @@ def props_runs(seeds):
         for env, (steps, extra) in PROPS_ENVS.items():
             for name, algo, sets in PROPS_VARIANTS:
                 sets = {**sets, **(extra if name == "props" else {})}
-                out.append(("props_mle", f"{env}/{name}", algo,
-                            {"env_id": env, "total_steps": steps, "seed": s, **PROPS_SE, **sets}))
+                out.append(
+                    (
+                        "props_mle",
+                        f"{env}/{name}",
+                        algo,
+                        {"env_id": env, "total_steps": steps, "seed": s, **PROPS_SE, **sets},
+                    )
+                )
         if s <= 5:
             for name, algo, sets in PROPS_VARIANTS:
-                out.append(("props_mle_fit1000", f"CartPole-v1/{name}", algo,
-                            {"env_id": "CartPole-v1", "total_steps": 50_000, "seed": s, **PROPS_FIT_CHECK, **sets}))
+                out.append(
+                    (
+                        "props_mle_fit1000",
+                        f"CartPole-v1/{name}",
+                        algo,
+                        {"env_id": "CartPole-v1", "total_steps": 50_000, "seed": s, **PROPS_FIT_CHECK, **sets},
+                    )
+                )
     return out
 
 
@@ -56,8 +70,17 @@ def ewma_runs(seeds):
     out = []
     base_lr, d1 = 2.5e-4, 8 / 9  # 1x: 16 gradient steps/iteration -> PPO's proximal age ~8 steps -> EWMA com 8
     for k in (1, 4, 16):
-        size = dict(num_envs=4 * k, n_steps=32, minibatch_size=32 * k, epochs=4, learning_rate=base_lr * k,
-                    lr_schedule="constant", clip_schedule="constant", total_steps=50_000, env_id="CartPole-v1")
+        size = dict(
+            num_envs=4 * k,
+            n_steps=32,
+            minibatch_size=32 * k,
+            epochs=4,
+            learning_rate=base_lr * k,
+            lr_schedule="constant",
+            clip_schedule="constant",
+            total_steps=50_000,
+            env_id="CartPole-v1",
+        )
         for name in ("ppo", "ppo_ewma"):
             sets = dict(size)
             if name == "ppo_ewma":
@@ -71,8 +94,10 @@ def ewma_runs(seeds):
 
 def fixpo_runs(seeds):
     out = []
-    for name, sets in (("preset", {}),  # PPO's CartPole preset: 1 minibatch x 20 epochs per 256-step rollout
-                       ("mb64", dict(num_envs=8, n_steps=128, minibatch_size=64, epochs=10, learning_rate=3e-4))):
+    for name, sets in (
+        ("preset", {}),  # PPO's CartPole preset: 1 minibatch x 20 epochs per 256-step rollout
+        ("mb64", dict(num_envs=8, n_steps=128, minibatch_size=64, epochs=10, learning_rate=3e-4)),
+    ):
         for s in seeds:
             out.append(("fixpo", name, "fixpo", {"env_id": "CartPole-v1", "total_steps": 50_000, "seed": s, **sets}))
     return out
@@ -116,14 +141,16 @@ def iqm_ci(x: np.ndarray):
     from rliable import library as rly
     from rliable import metrics
 
-    est, ci = rly.get_interval_estimates({"a": x.reshape(-1, 1)}, lambda s: np.array([metrics.aggregate_iqm(s)]),
-                                         reps=2000)
+    est, ci = rly.get_interval_estimates(
+        {"a": x.reshape(-1, 1)}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000
+    )
     return float(est["a"][0]), [float(ci["a"][0][0]), float(ci["a"][1][0])]
 
 
 def runs_of(claim, variant):
-    return sorted((p for p in (RUNS / claim / variant).glob("s*") if (p / "eval.json").exists()),
-                  key=lambda p: int(p.name[1:]))
+    return sorted(
+        (p for p in (RUNS / claim / variant).glob("s*") if (p / "eval.json").exists()), key=lambda p: int(p.name[1:])
+    )
 
 
 def curve(runs, name, grid):
@@ -144,10 +171,14 @@ def _props_section(claim, env, ax_err, ax_ret, title):
         fit_steps = np.concatenate([series(r, "diag/sampling_error_fit_steps")[:, 1] for r in runs])
         cap = (PROPS_FIT_CHECK if "fit1000" in claim else PROPS_SE)["sampling_error_mle"].get("max_steps", 200)
         res[f"{env}/{name}"] = {
-            "seeds": [int(r.name[1:]) for r in runs], "sampling_error_mean_iqm": iqm_ci(err[name].mean(1)),
-            "train_return_auc_iqm": iqm_ci(ret[name].mean(1)), "final_eval_iqm": iqm_ci(final),
-            "final_eval_per_seed": final.tolist(), "mle_fit_steps_mean": float(fit_steps.mean()),
-            "mle_fit_steps_capped_frac": float((fit_steps >= cap).mean())}
+            "seeds": [int(r.name[1:]) for r in runs],
+            "sampling_error_mean_iqm": iqm_ci(err[name].mean(1)),
+            "train_return_auc_iqm": iqm_ci(ret[name].mean(1)),
+            "final_eval_iqm": iqm_ci(final),
+            "final_eval_per_seed": final.tolist(),
+            "mle_fit_steps_mean": float(fit_steps.mean()),
+            "mle_fit_steps_capped_frac": float((fit_steps >= cap).mean()),
+        }
         c = ax_err.plot(grid, np.median(err[name], 0), label=f"{name} (median, IQR; {len(runs)} seeds)")[0]
         lo, hi = np.percentile(err[name], [25, 75], axis=0)
         ax_err.fill_between(grid, lo, hi, color=c.get_color(), alpha=0.15)
@@ -161,7 +192,8 @@ def _props_section(claim, env, ax_err, ax_ret, title):
             res[f"{env}/{name}"][f"sampling_error_ratio_to_{base}_iqm"] = iqm_ci(ratio)
             res[f"{env}/{name}"][f"seeds_with_lower_sampling_error_than_{base}"] = int((ratio < 1).sum())
             res[f"{env}/{name}"][f"frac_of_training_below_{base}"] = float(
-                (np.median(err[name], 0) < np.median(err[base], 0)).mean())
+                (np.median(err[name], 0) < np.median(err[base], 0)).mean()
+            )
     ax_err.set(title=f"{title}: KL(pi_D || pi_theta)", yscale="log", xlabel="env steps")
     ax_ret.set(title=f"{title}: training episode return (mean)", xlabel="env steps")
     ax_err.legend(fontsize=7)
@@ -201,14 +233,18 @@ def report_ewma():
             ax.plot(grid, c.mean(0), label=f"{k}x")
             res[f"{name}/{k}x"] = {"seeds": [int(r.name[1:]) for r in runs], "auc_iqm": iqm_ci(c.mean(1))}
         if len(curves) == 3:
-            aucs = {k: curve(runs_of("batch_size_invariance", f"{name}/{k}x"), "train/episode_return", grid).mean(1)
-                    for k in (1, 4, 16)}
+            aucs = {
+                k: curve(runs_of("batch_size_invariance", f"{name}/{k}x"), "train/episode_return", grid).mean(1)
+                for k in (1, 4, 16)
+            }
             for k in (4, 16):  # per seed index: AUC at kx / AUC at 1x (1 = invariant)
                 if len(aucs[k]) == len(aucs[1]):
                     res[f"{name}/auc_ratio_{k}x_to_1x_iqm"] = iqm_ci(aucs[k] / aucs[1])
             stack = np.stack(list(curves.values()))
-            res[f"{name}/spread"] = {"mean_abs_dev_across_sizes": float(np.abs(stack - stack.mean(0)).mean()),
-                                     "max_minus_min_auc": float(stack.mean(1).max() - stack.mean(1).min())}
+            res[f"{name}/spread"] = {
+                "mean_abs_dev_across_sizes": float(np.abs(stack - stack.mean(0)).mean()),
+                "max_minus_min_auc": float(stack.mean(1).max() - stack.mean(1).min()),
+            }
         ax.set(title=f"{name}: CartPole training return vs env steps", xlabel="env steps")
         ax.legend()
     fig.tight_layout()
@@ -230,10 +266,14 @@ def report_fixpo():
         fr = [series(r, "fixpo/extra_step_frac")[-1, 1] for r in runs]
         kl = [series(r, "stats/proximal_kl")[:, 1].max() for r in runs]
         final = np.array([json.loads((r / "eval.json").read_text())["return_mean"] for r in runs])
-        res[name] = {"seeds": [int(r.name[1:]) for r in runs], "extra_step_frac_per_seed": fr,
-                     "extra_step_frac_iqm": iqm_ci(np.array(fr)),
-                     "final_eval_iqm": iqm_ci(final), "max_logged_mean_kl": max(kl),
-                     "fixup_capped": [series(r, "fixpo/fixup_capped")[-1, 1] for r in runs]}
+        res[name] = {
+            "seeds": [int(r.name[1:]) for r in runs],
+            "extra_step_frac_per_seed": fr,
+            "extra_step_frac_iqm": iqm_ci(np.array(fr)),
+            "final_eval_iqm": iqm_ci(final),
+            "max_logged_mean_kl": max(kl),
+            "fixup_capped": [series(r, "fixpo/fixup_capped")[-1, 1] for r in runs],
+        }
         s = series(runs[0], "fixpo/extra_step_frac")
         ax.plot(s[:, 0], s[:, 1], label=f"{name} (seed {runs[0].name[1:]})")
     ax.axhline(0.05, color="k", ls="--", label="paper: 5%")
@@ -257,8 +297,13 @@ if __name__ == "__main__":
     only = a.only.split(",")
     makers = {"props": props_runs, "fixpo": fixpo_runs, "ewma": ewma_runs}
     # seed-major across claims, so that a stopped sweep leaves every claim with its first seeds
-    jobs = [job for s in range(1, max(n_seeds.values()) + 1) for name in ("props", "fixpo", "ewma")
-            if name in only and s <= n_seeds.get(name, 0) for job in makers[name]([s])]
+    jobs = [
+        job
+        for s in range(1, max(n_seeds.values()) + 1)
+        for name in ("props", "fixpo", "ewma")
+        if name in only and s <= n_seeds.get(name, 0)
+        for job in makers[name]([s])
+    ]
     if not a.report_only:
         with mp.get_context("spawn").Pool(a.workers) as pool:
             for done in pool.imap_unordered(run_one, jobs):

@@ -45,17 +45,10 @@ def score_matrix(rows: list[dict], algo: str, targets: list[str], field: str = "
     bootstrap needs a full matrix; a seed that failed on one target is left out of multi-task aggregates)."""
     by_seed: dict[int, dict[str, float]] = {}
     for r in rows:
-        if (
-            r["algo"] == algo
-            and r["target"] in targets
-            and r["status"] == "finished"
-            and not math.isnan(r[field])
-        ):
+        if r["algo"] == algo and r["target"] in targets and r["status"] == "finished" and not math.isnan(r[field]):
             by_seed.setdefault(r["seed"], {})[r["target"]] = r[field]
     full = [s for s in sorted(by_seed) if all(t in by_seed[s] for t in targets)]
-    return np.array([[by_seed[s][t] for t in targets] for s in full], dtype=np.float64).reshape(
-        len(full), len(targets)
-    )
+    return np.array([[by_seed[s][t] for t in targets] for s in full], dtype=np.float64).reshape(len(full), len(targets))
 
 
 @_quiet
@@ -82,18 +75,14 @@ def interval_estimates(
     return out
 
 
-def summary_table(
-    rows: list[dict], algos: list[str], targets: list[str], field: str, reps: int
-) -> list[dict]:
+def summary_table(rows: list[dict], algos: list[str], targets: list[str], field: str, reps: int) -> list[dict]:
     """IQM and mean (with CIs) of ``field`` per algorithm over ``targets`` (one target: a per-task table)."""
     scores = {a: score_matrix(rows, a, targets, field) for a in algos}
     iq = interval_estimates(scores, iqm, reps)
     mn = interval_estimates(scores, mean, reps)
     out = []
     for a in algos:
-        n_failed = sum(
-            1 for r in rows if r["algo"] == a and r["target"] in targets and r["status"] != "finished"
-        )
+        n_failed = sum(1 for r in rows if r["algo"] == a and r["target"] in targets and r["status"] != "finished")
         s = scores[a]
         out.append(
             {

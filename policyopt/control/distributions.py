@@ -54,7 +54,7 @@ class DiagGaussian:
     squash: str = "clip"  # "clip" or "tanh"
 
     def split(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        return params[..., : self.dim], params[..., self.dim:]
+        return params[..., : self.dim], params[..., self.dim :]
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         mean, log_std = self.split(params)

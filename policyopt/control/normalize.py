@@ -34,8 +34,11 @@ class RunningMeanStd:
         return {"mean": self.mean, "var": self.var, "count": self.count}
 
     def load_state_dict(self, s: dict[str, Tensor]) -> None:
-        self.mean, self.var, self.count = (s["mean"].to(torch.float64), s["var"].to(torch.float64),
-                                           s["count"].to(torch.float64))
+        self.mean, self.var, self.count = (
+            s["mean"].to(torch.float64),
+            s["var"].to(torch.float64),
+            s["count"].to(torch.float64),
+        )
 
 
 class ObsNormalizer:

@@ -138,8 +138,12 @@ class OffPolicyConfig:
     threads: int = opt(1, "torch CPU threads (1 is fastest for small MLPs)", check=positive)
     device: str = opt("cpu", "torch device", choices=("cpu", "cuda", "mps"))
     tensorboard: bool = opt(True, "write TensorBoard event files")
-    trackers: list[str] = opt([], "experiment trackers that also get every metric: wandb, trackio (project "
-                              "'policyopt', run named after the run directory)", check=check_trackers)
+    trackers: list[str] = opt(
+        [],
+        "experiment trackers that also get every metric: wandb, trackio (project "
+        "'policyopt', run named after the run directory)",
+        check=check_trackers,
+    )
     progress: bool | None = opt(None, "live progress bar (None = when stderr is a terminal)")
 
     def validate(self) -> None:

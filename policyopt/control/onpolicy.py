@@ -75,8 +75,11 @@ class OnPolicyConfig:
     # policy loss
     policy_loss: str = opt("ppo_clip", "policy loss", choices=POLICY_LOSSES)
     loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
-    clip_schedule: str = opt("constant", "clip range schedule; vf_clip follows it too (as in baselines' PPO2, where "
-                             "both share one cliprange)", choices=SCHEDULES)
+    clip_schedule: str = opt(
+        "constant",
+        "clip range schedule; vf_clip follows it too (as in baselines' PPO2, where both share one cliprange)",
+        choices=SCHEDULES,
+    )
     aggregation: str = opt("token-mean", "loss aggregation over valid steps", choices=AGGREGATIONS)
     vf_coef: float = opt(0.5, "value loss coefficient (loss is 0.5 * (V - R)^2)", check=nonneg)
     vf_clip: float | None = opt(0.2, "PPO value clipping range (None = no clipping)", check=optional(positive))
@@ -89,23 +92,35 @@ class OnPolicyConfig:
     epochs: int = opt(4, "passes over each rollout", check=positive)
     minibatch_size: int = opt(128, "samples per gradient step (must divide num_envs * n_steps)", check=positive)
     max_grad_norm: float | None = opt(0.5, "gradient norm clipping (None = off)", check=optional(positive))
-    target_kl: float | None = opt(None, "stop an iteration's epochs once approx KL exceeds this",
-                                  check=optional(positive))
+    target_kl: float | None = opt(
+        None, "stop an iteration's epochs once approx KL exceeds this", check=optional(positive)
+    )
     # boxes chosen by name (see policyopt/control/{props,proximal,kl_control}.py)
-    sampler: str = opt("policy", "data collection: the policy itself, or PROPS' adaptive behaviour policy",
-                       choices=SAMPLERS)
+    sampler: str = opt(
+        "policy", "data collection: the policy itself, or PROPS' adaptive behaviour policy", choices=SAMPLERS
+    )
     props: PropsConfig = dataclasses.field(default_factory=PropsConfig)
-    proximal: str = opt("behaviour", "proximal ('old') policy of the loss: the data's policy, or an EWMA of "
-                        "past weights (PPO-EWMA)", choices=PROXIMALS)
+    proximal: str = opt(
+        "behaviour",
+        "proximal ('old') policy of the loss: the data's policy, or an EWMA of past weights (PPO-EWMA)",
+        choices=PROXIMALS,
+    )
     ewma: EwmaConfig = dataclasses.field(default_factory=EwmaConfig)
-    trust_region: str = opt("none", "KL coefficient control: none, mdpo (1/t_k annealing), fixpo (adaptive "
-                            "beta + fix-up phase)", choices=TRUST_REGIONS)
+    trust_region: str = opt(
+        "none",
+        "KL coefficient control: none, mdpo (1/t_k annealing), fixpo (adaptive beta + fix-up phase)",
+        choices=TRUST_REGIONS,
+    )
     fixpo: FixPOConfig = dataclasses.field(default_factory=FixPOConfig)
-    sampling_error: str | bool = opt("cheap", "PROPS' sampling-error diagnostic diag/sampling_error: off, cheap "
-                                     "(state-independent MLE tilt, every iteration), mle (policy network fit by "
-                                     "maximum likelihood, see sampling_error_mle); true/false = cheap/off",
-                                     check=lambda v: None if v in (True, False, *SAMPLING_ERRORS) else
-                                     f"must be one of {SAMPLING_ERRORS.names()} or a bool")
+    sampling_error: str | bool = opt(
+        "cheap",
+        "PROPS' sampling-error diagnostic diag/sampling_error: off, cheap "
+        "(state-independent MLE tilt, every iteration), mle (policy network fit by "
+        "maximum likelihood, see sampling_error_mle); true/false = cheap/off",
+        check=lambda v: (
+            None if v in (True, False, *SAMPLING_ERRORS) else f"must be one of {SAMPLING_ERRORS.names()} or a bool"
+        ),
+    )
     sampling_error_mle: MLEFitConfig = dataclasses.field(default_factory=MLEFitConfig)
     # networks
     hidden: tuple[int, ...] = opt((64, 64), "hidden layer sizes", check=all_positive)
@@ -126,15 +141,20 @@ class OnPolicyConfig:
     threads: int = opt(1, "torch CPU threads (1 is fastest for small MLPs)", check=positive)
     device: str = opt("cpu", "torch device", choices=("cpu", "cuda", "mps"))
     tensorboard: bool = opt(True, "write TensorBoard event files")
-    trackers: list[str] = opt([], "experiment trackers that also get every metric: wandb, trackio (project "
-                              "'policyopt', run named after the run directory)", check=check_trackers)
+    trackers: list[str] = opt(
+        [],
+        "experiment trackers that also get every metric: wandb, trackio (project "
+        "'policyopt', run named after the run directory)",
+        check=check_trackers,
+    )
     progress: bool | None = opt(None, "live progress bar (None = when stderr is a terminal)")
 
     def validate(self) -> None:
         batch = self.num_envs * self.n_steps
         if self.minibatch_size > batch or batch % self.minibatch_size:
-            raise UserError(f"config key 'minibatch_size'={self.minibatch_size} must divide num_envs * n_steps "
-                            f"(= {batch})")
+            raise UserError(
+                f"config key 'minibatch_size'={self.minibatch_size} must divide num_envs * n_steps (= {batch})"
+            )
 
 
 # the config's optimizer names -> the shared factory's (Adam runs as LeanAdam: the same update, less overhead)
@@ -144,8 +164,15 @@ _OPTIMIZER_KINDS = {"adam": "lean_adam", "rmsprop": "rmsprop"}
 def build_agent(cfg: OnPolicyConfig, observation_space, action_space) -> ActorCritic:
     if len(observation_space.shape) != 1:
         raise UserError(f"observation space {observation_space} is not supported; the MLP policy needs a 1-D Box")
-    return ActorCritic(int(observation_space.shape[0]), action_space, cfg.hidden, cfg.activation, cfg.ortho_init,
-                       cfg.log_std_init, cfg.action_squash)
+    return ActorCritic(
+        int(observation_space.shape[0]),
+        action_space,
+        cfg.hidden,
+        cfg.activation,
+        cfg.ortho_init,
+        cfg.log_std_init,
+        cfg.action_squash,
+    )
 
 
 @torch.no_grad()
@@ -160,11 +187,28 @@ def _flat_batch(blocks: list[dict], advantage, adv_cfg: AdvantageConfig) -> dict
     """Advantages per rollout (each ``(T, N)``), then every rollout flattened and concatenated."""
     out = collections.defaultdict(list)
     for b in blocks:
-        adv, ret = advantage(AdvantageInputs(rewards=b["rew"], values=b["values"][:-1], next_values=b["values"][1:],
-                                             terminated=b["term"], truncated=b["trunc"], valid=b["valid"]), adv_cfg)
+        adv, ret = advantage(
+            AdvantageInputs(
+                rewards=b["rew"],
+                values=b["values"][:-1],
+                next_values=b["values"][1:],
+                terminated=b["term"],
+                truncated=b["trunc"],
+                valid=b["valid"],
+            ),
+            adv_cfg,
+        )
         T, N = b["rew"].shape
-        for k, v in (("obs", b["obs"]), ("act", b["act"]), ("logp", b["logp"]), ("params", b["params"]),
-                     ("adv", adv), ("ret", ret), ("val", b["values"][:-1]), ("valid", b["valid"])):
+        for k, v in (
+            ("obs", b["obs"]),
+            ("act", b["act"]),
+            ("logp", b["logp"]),
+            ("params", b["params"]),
+            ("adv", adv),
+            ("ret", ret),
+            ("val", b["values"][:-1]),
+            ("valid", b["valid"]),
+        ):
             out[k].append(v.reshape(T * N, *v.shape[2:]))
     return {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in out.items()}
 
@@ -174,11 +218,17 @@ class Rollout(dict):
 
     def __init__(self, T: int, N: int, obs_dim: int, act_shape: tuple, n_params: int, device):
         z = dict(device=device)
-        super().__init__(obs=torch.zeros((T, N, obs_dim), **z), act=torch.zeros((T, N, *act_shape), **z),
-                         rew=torch.zeros((T, N), **z), term=torch.zeros((T, N), **z),
-                         trunc=torch.zeros((T, N), **z), valid=torch.zeros((T, N), **z),
-                         params=torch.zeros((T, N, n_params), **z), logp=torch.zeros((T, N), **z),
-                         values=torch.zeros((T + 1, N), **z))
+        super().__init__(
+            obs=torch.zeros((T, N, obs_dim), **z),
+            act=torch.zeros((T, N, *act_shape), **z),
+            rew=torch.zeros((T, N), **z),
+            term=torch.zeros((T, N), **z),
+            trunc=torch.zeros((T, N), **z),
+            valid=torch.zeros((T, N), **z),
+            params=torch.zeros((T, N, n_params), **z),
+            logp=torch.zeros((T, N), **z),
+            values=torch.zeros((T + 1, N), **z),
+        )
 
 
 class OnPolicyTrainer(Phases):
@@ -192,8 +242,9 @@ class OnPolicyTrainer(Phases):
         space = self.envs.single_observation_space
         self.agent = build_agent(cfg, space, self.envs.single_action_space).to(self.device)
         self.net_params = list(self.agent.parameters())
-        self.optimizer = make_optimizer(_OPTIMIZER_KINDS[cfg.optimizer], self.net_params, cfg.learning_rate,
-                                        eps=cfg.adam_eps)
+        self.optimizer = make_optimizer(
+            _OPTIMIZER_KINDS[cfg.optimizer], self.net_params, cfg.learning_rate, eps=cfg.adam_eps
+        )
         obs_dim = int(space.shape[0])
         self.obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
         self.rew_norm = RewardNormalizer(cfg.num_envs, cfg.gamma, cfg.norm_reward, cfg.clip_reward)
@@ -202,9 +253,11 @@ class OnPolicyTrainer(Phases):
         self.adv_cfg = AdvantageConfig(gamma=cfg.gamma, gae_lambda=cfg.gae_lambda)
         self.batch_size = cfg.n_steps * cfg.num_envs
         self.iterations = -(-cfg.total_steps // self.batch_size)
-        self.cadence = Cadence(log=Cadence.every(cfg.log_every, self.batch_size, ceil=True),
-                               evaluate=Cadence.every(cfg.eval_every, self.batch_size),
-                               checkpoint=Cadence.every(cfg.checkpoint_every, self.batch_size))
+        self.cadence = Cadence(
+            log=Cadence.every(cfg.log_every, self.batch_size, ceil=True),
+            evaluate=Cadence.every(cfg.eval_every, self.batch_size),
+            checkpoint=Cadence.every(cfg.checkpoint_every, self.batch_size),
+        )
         self.lr = Schedule(cfg.lr_schedule, cfg.learning_rate, self.iterations)
         self.clip = Schedule(cfg.clip_schedule, 1.0, self.iterations)
         # The boxes: who samples (and which past data the update sees), the proximal policy of the loss,
@@ -219,15 +272,25 @@ class OnPolicyTrainer(Phases):
         # exact KL(pi || pi_old) per state, only for the losses and controllers that read it
         self.needs_kl = "kl_old" in POLICY_LOSSES.meta(cfg.policy_loss).get("needs", ()) or self.region.needs_kl
         n_params = self.agent.dist_params(torch.zeros((1, obs_dim), device=self.device)).shape[-1]
-        self.rollout = Rollout(cfg.n_steps, cfg.num_envs, obs_dim, self.envs.single_action_space.shape, n_params,
-                               self.device)
+        self.rollout = Rollout(
+            cfg.n_steps, cfg.num_envs, obs_dim, self.envs.single_action_space.shape, n_params, self.device
+        )
         self.tracker = AutoresetTracker(cfg.num_envs)
         run.track("model", self.agent)
         run.track("optimizer", self.optimizer)
         run.track("obs_norm", self.obs_norm)
         run.track("rew_norm", self.rew_norm)
-        run.track("boxes", PartGroup({"sampler": self.sampler, "proximal": self.proximal,
-                                      "trust_region": self.region, "adv_norm": self.adv_norm}))
+        run.track(
+            "boxes",
+            PartGroup(
+                {
+                    "sampler": self.sampler,
+                    "proximal": self.proximal,
+                    "trust_region": self.region,
+                    "adv_norm": self.adv_norm,
+                }
+            ),
+        )
         run.counters.update(global_step=0, env_epoch=0)
         self.episodes = EpisodeLog(run)
 
@@ -263,8 +326,12 @@ class OnPolicyTrainer(Phases):
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr(it)
         scale = self.clip(it)
-        self.loss_cfg = self.region.begin_iteration(it, dataclasses.replace(
-            cfg.loss, clip_eps_low=cfg.loss.clip_eps_low * scale, clip_eps_high=cfg.loss.eps_high * scale))
+        self.loss_cfg = self.region.begin_iteration(
+            it,
+            dataclasses.replace(
+                cfg.loss, clip_eps_low=cfg.loss.clip_eps_low * scale, clip_eps_high=cfg.loss.eps_high * scale
+            ),
+        )
         self.vf_clip = None if cfg.vf_clip is None else cfg.vf_clip * scale
         self.sampler.begin_iteration(self.agent)
         obs = self.obs
@@ -279,8 +346,9 @@ class OnPolicyTrainer(Phases):
             if finished:
                 self.episodes.add(finished)
             valid_t = torch.from_numpy(valid)
-            r = self.rew_norm(torch.as_tensor(reward, dtype=torch.float32), torch.from_numpy(terminated | truncated),
-                              valid_t)
+            r = self.rew_norm(
+                torch.as_tensor(reward, dtype=torch.float32), torch.from_numpy(terminated | truncated), valid_t
+            )
             ro["rew"][t] = r * valid_t
             ro["term"][t] = torch.from_numpy(terminated)
             ro["trunc"][t] = torch.from_numpy(truncated)
@@ -296,8 +364,7 @@ class OnPolicyTrainer(Phases):
         """Advantages of this rollout (and of the sampler's stored ones, recomputed), then ``epochs`` passes
         of minibatch steps; stops early once the approximate KL passes ``target_kl``."""
         cfg, agent = self.cfg, self.agent
-        fb = _flat_batch([_refresh(agent, b) for b in self.sampler.blocks] + [rollout], self.advantage,
-                         self.adv_cfg)
+        fb = _flat_batch([_refresh(agent, b) for b in self.sampler.blocks] + [rollout], self.advantage, self.adv_cfg)
         fb["adv"] = self.adv_norm.batch(fb["adv"], fb["valid"])
         self.batch = fb
         n = fb["obs"].shape[0]
@@ -307,7 +374,7 @@ class OnPolicyTrainer(Phases):
             # one minibatch per epoch: the whole batch in order, no shuffle or gather needed
             perm = torch.randperm(n, device=self.device) if n > cfg.minibatch_size else None
             for start in range(0, n, cfg.minibatch_size):
-                idx = slice(None) if perm is None else perm[start:start + cfg.minibatch_size]
+                idx = slice(None) if perm is None else perm[start : start + cfg.minibatch_size]
                 stats = self.minibatch_step(fb, idx)
                 run.accumulate(stats)
             run.accumulate(self.region.fixup(self._kl_on, self.optimizer, self.net_params, n))
@@ -319,8 +386,9 @@ class OnPolicyTrainer(Phases):
     def _kl_on(self, idx):
         """Per-state KL in the controller's direction, for FixPO's fix-up phase."""
         fb = self.batch
-        return self.region.kl(self.agent.dist, self.agent.dist_params(fb["obs"][idx]), fb["params"][idx]), \
-            fb["valid"][idx]
+        return self.region.kl(self.agent.dist, self.agent.dist_params(fb["obs"][idx]), fb["params"][idx]), fb["valid"][
+            idx
+        ]
 
     def minibatch_step(self, fb: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
         """One gradient step: policy loss + ``vf_coef`` value loss - ``ent_coef`` entropy, one aggregation."""
@@ -328,9 +396,17 @@ class OnPolicyTrainer(Phases):
         params_new, v_new = agent(fb["obs"][idx])
         mask = fb["valid"][idx]
         mb_adv = self.adv_norm.minibatch(fb["adv"][idx], mask)
-        pb, prox_stats = self.proximal.policy_batch(dist, params_new, fb["obs"][idx], fb["act"][idx],
-                                                    fb["logp"][idx], fb["params"][idx], mb_adv, mask,
-                                                    with_kl=self.needs_kl)
+        pb, prox_stats = self.proximal.policy_batch(
+            dist,
+            params_new,
+            fb["obs"][idx],
+            fb["act"][idx],
+            fb["logp"][idx],
+            fb["params"][idx],
+            mb_adv,
+            mask,
+            with_kl=self.needs_kl,
+        )
         agg = Aggregator.for_batch(cfg.aggregation, pb.mask)
         pl, stats = self.policy_loss(pb, self.region.loss_config(self.loss_cfg), agg)
         vl = agg(value_loss(v_new, fb["ret"][idx], fb["val"][idx], self.vf_clip)[:, None], pb.mask)
@@ -344,17 +420,30 @@ class OnPolicyTrainer(Phases):
         self.optimizer.step()
         self.proximal.after_step(agent)
         self.region.after_step(pb)
-        stats.update({"loss/policy": pl.detach(), "loss/value": vl.detach(), "loss/entropy": ent.detach(),
-                      "loss/total": loss.detach(), **prox_stats})
+        stats.update(
+            {
+                "loss/policy": pl.detach(),
+                "loss/value": vl.detach(),
+                "loss/entropy": ent.detach(),
+                "loss/total": loss.detach(),
+                **prox_stats,
+            }
+        )
         return stats
 
     # ---- log and evaluate ------------------------------------------------------------------------------
     def log_metrics(self, run: Run) -> dict[str, Any]:
         fb = self.batch
         metrics = dict(self.region.stats())
-        metrics.update({"train/lr": self.lr(run.iteration), "train/clip_eps": self.loss_cfg.clip_eps_low,
-                        "stats/value_mean": fb["val"].mean(), "stats/adv_mean": fb["adv"].mean(),
-                        "stats/adv_std": fb["adv"].std()})
+        metrics.update(
+            {
+                "train/lr": self.lr(run.iteration),
+                "train/clip_eps": self.loss_cfg.clip_eps_low,
+                "stats/value_mean": fb["val"].mean(),
+                "stats/adv_mean": fb["adv"].mean(),
+                "stats/adv_std": fb["adv"].std(),
+            }
+        )
         metrics.update(self.episodes.metrics(run))
         return metrics
 
@@ -374,20 +463,39 @@ class OnPolicyTrainer(Phases):
         return res
 
     def result(self, run: Run, final: dict[str, Any]) -> dict[str, Any]:
-        return {"eval_return_mean": final["return_mean"], "eval_return_std": final["return_std"],
-                "steps": run.counters["global_step"], "train_seconds": round(self.episodes.seconds(), 3)}
+        return {
+            "eval_return_mean": final["return_mean"],
+            "eval_return_std": final["return_std"],
+            "steps": run.counters["global_step"],
+            "train_seconds": round(self.episodes.seconds(), 3),
+        }
 
 
-FAMILY = FAMILIES.register("control/on-policy", Family("control/on-policy", OnPolicyConfig,
-                                                       "policyopt.control.onpolicy:train",
-                                                       "policyopt.control.onpolicy:evaluate_run"))
+FAMILY = FAMILIES.register(
+    "control/on-policy",
+    Family(
+        "control/on-policy",
+        OnPolicyConfig,
+        "policyopt.control.onpolicy:train",
+        "policyopt.control.onpolicy:evaluate_run",
+    ),
+)
 
 
 def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False, **run_info: Any) -> dict:
     """Train (or resume) an on-policy run in ``run_dir``; returns the final evaluation summary."""
     torch.set_num_threads(cfg.threads)
-    return execute(FAMILY, cfg, run_dir, resume, lambda run: [OnPolicyTrainer(cfg, run)], seed=cfg.seed,
-                   tensorboard=cfg.tensorboard, progress=cfg.progress, info=run_info)
+    return execute(
+        FAMILY,
+        cfg,
+        run_dir,
+        resume,
+        lambda run: [OnPolicyTrainer(cfg, run)],
+        seed=cfg.seed,
+        tensorboard=cfg.tensorboard,
+        progress=cfg.progress,
+        info=run_info,
+    )
 
 
 def load_agent(run_dir: str | Path):
@@ -405,8 +513,9 @@ def load_agent(run_dir: str | Path):
     return cfg, agent.eval(), obs_norm
 
 
-def evaluate_run(run_dir: str | Path, episodes: int | None = None, video: bool = False,
-                 deterministic: bool = True) -> dict:
+def evaluate_run(
+    run_dir: str | Path, episodes: int | None = None, video: bool = False, deterministic: bool = True
+) -> dict:
     """``policyopt eval``: evaluate a run's latest checkpoint."""
     cfg, agent, obs_norm = load_agent(run_dir)
     torch.set_num_threads(cfg.threads)
@@ -419,5 +528,6 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, video: bool =
         return agent.dist.to_env(a)
 
     video_dir = Path(run_dir) / "videos" if video else None
-    return evaluation.evaluate(act, cfg.env_id, episodes or cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs,
-                               video_dir=video_dir)
+    return evaluation.evaluate(
+        act, cfg.env_id, episodes or cfg.eval_episodes, cfg.seed, env_kwargs=cfg.env_kwargs, video_dir=video_dir
+    )

@@ -69,8 +69,7 @@ class LMConfig:
     ent_coef: float = opt(0.0, "entropy bonus coefficient", check=nonneg)
     old_logp: str = opt(
         "recompute",
-        "pi_old: recompute with the train-time forward, or the sampler's log-probs (sampler = correction.mode "
-        "bypass)",
+        "pi_old: recompute with the train-time forward, or the sampler's log-probs (sampler = correction.mode bypass)",
         choices=("recompute", "sampler"),
     )
     correction: CorrectionConfig = dataclasses.field(default_factory=CorrectionConfig)
@@ -143,8 +142,12 @@ class LMConfig:
     log_samples: int = opt(4, "sample completions written to samples.jsonl per step", check=nonneg)
     threads: int = opt(1, "torch CPU threads (1 is fastest for tiny models on shared cores)", check=positive)
     tensorboard: bool = opt(True, "write TensorBoard event files")
-    trackers: list[str] = opt([], "experiment trackers that also get every metric: wandb, trackio (project "
-                              "'policyopt', run named after the run directory)", check=check_trackers)
+    trackers: list[str] = opt(
+        [],
+        "experiment trackers that also get every metric: wandb, trackio (project "
+        "'policyopt', run named after the run directory)",
+        check=check_trackers,
+    )
     progress: bool | None = opt(None, "live progress bar (None = when stderr is a terminal)")
 
     @property

@@ -74,10 +74,7 @@ def rg_reward(scorer) -> Callable:
     """Reward that scores with a reasoning-gym dataset's own ``score_answer``."""
 
     def rg_score(prompts, completions, _rg_index, **_):
-        return [
-            float(scorer.score_answer(extract_answer(c), scorer[int(i)]))
-            for c, i in zip(completions, _rg_index)
-        ]
+        return [float(scorer.score_answer(extract_answer(c), scorer[int(i)])) for c, i in zip(completions, _rg_index)]
 
     return rg_score
 
@@ -125,13 +122,10 @@ class RewardSet:
                         f"(prompt={prompts[i]!r}, completion={completions[i]!r})"
                     ) from e_i
             raise RewardError(
-                f"reward function {name!r} raised {type(e).__name__}: {e} on a batch of "
-                f"{len(completions)} samples"
+                f"reward function {name!r} raised {type(e).__name__}: {e} on a batch of {len(completions)} samples"
             ) from e
         if len(out) != len(completions):
-            raise RewardError(
-                f"reward function {name!r} returned {len(out)} values for {len(completions)} completions"
-            )
+            raise RewardError(f"reward function {name!r} returned {len(out)} values for {len(completions)} completions")
         for i, v in enumerate(out):
             if not isinstance(v, int | float) or not math.isfinite(v):
                 raise RewardError(

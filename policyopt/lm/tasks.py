@@ -52,8 +52,7 @@ def _reasoning_gym(name: str, seed: int, n_test: int, n_train: int = 2000) -> Ta
             f"reasoning-gym task {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
     rows = [
-        {"prompt": e["question"] + "\nAnswer: ", "answer": str(e["answer"]), "_rg_index": i}
-        for i, e in enumerate(ds)
+        {"prompt": e["question"] + "\nAnswer: ", "answer": str(e["answer"]), "_rg_index": i} for i, e in enumerate(ds)
     ]
     return Task(f"rg:{name}", rows[n_test:], rows[:n_test], {"rg_score": 1.0}, scorer=ds)
 
@@ -78,9 +77,7 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
         try:
             import datasets
         except ImportError:
-            raise UserError(
-                "reading non-JSONL datasets needs `datasets`: pip install 'policyopt[lm]'"
-            ) from None
+            raise UserError("reading non-JSONL datasets needs `datasets`: pip install 'policyopt[lm]'") from None
         if p.is_dir():
             try:
                 d = datasets.load_from_disk(str(p))
@@ -102,8 +99,10 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
                 d = datasets.load_dataset(kind, data_files=str(p), split="train")
             except Exception as e:  # a damaged or non-UTF-8 file: datasets raises its own error types
                 cause = e.__cause__ or e
-                raise UserError(f"dataset {str(p)!r} cannot be read as {kind}: {type(cause).__name__}: "
-                                f"{str(cause).splitlines()[0] if str(cause).strip() else ''}") from None
+                raise UserError(
+                    f"dataset {str(p)!r} cannot be read as {kind}: {type(cause).__name__}: "
+                    f"{str(cause).splitlines()[0] if str(cause).strip() else ''}"
+                ) from None
         rows = [dict(r) for r in d]
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or "prompt" not in r or "answer" not in r:
@@ -126,9 +125,7 @@ def load_task(task: str, dataset: str | None, seed: int, n_test: int) -> Task:
         return _addition(3, seed, n_test)
     if task.startswith("rg:"):
         return _reasoning_gym(task[3:], seed, n_test)
-    raise UserError(
-        f"unknown task {task!r}; valid: addition, addition3, rg:<reasoning-gym name>, or --dataset PATH"
-    )
+    raise UserError(f"unknown task {task!r}; valid: addition, addition3, rg:<reasoning-gym name>, or --dataset PATH")
 
 
 def check_task(v) -> str | None:

@@ -106,15 +106,20 @@ def check_prompts(task, tok, model, max_new_tokens: int) -> None:
     unknown = unknown_characters(tok, texts)
     if unknown:
         shown = "".join(sorted(unknown))[:40]
-        warnings.warn(f"the tokenizer maps {sum(unknown.values())} occurrences of {len(unknown)} characters in the "
-                      f"data to its unknown token: {shown!r}", stacklevel=2)
+        warnings.warn(
+            f"the tokenizer maps {sum(unknown.values())} occurrences of {len(unknown)} characters in the "
+            f"data to its unknown token: {shown!r}",
+            stacklevel=2,
+        )
     context = getattr(model.config, "max_position_embeddings", None)
     if context:
         longest = max(map(len, tok([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]))
         if longest + max_new_tokens > context:
-            raise UserError(f"the longest prompt has {longest} tokens; with max_new_tokens={max_new_tokens} it does "
-                            f"not fit the model's context of {context} tokens (shorten the prompts or lower "
-                            "max_new_tokens)")
+            raise UserError(
+                f"the longest prompt has {longest} tokens; with max_new_tokens={max_new_tokens} it does "
+                f"not fit the model's context of {context} tokens (shorten the prompts or lower "
+                "max_new_tokens)"
+            )
 
 
 def sft_step(model, tok, rows: list[dict], opt) -> torch.Tensor:
@@ -441,9 +446,7 @@ class WarmStart(Phases):
         cfg = self.cfg = parts.cfg
         self.parts, self.iterations = parts, cfg.sft_steps
         self.cadence = Cadence(log=cfg.sft_check_every, checkpoint=cfg.sft_check_every)
-        self.opt = run.track(
-            "sft_optimizer", make_optimizer("adamw", parts.params, cfg.sft_lr)
-        )
+        self.opt = run.track("sft_optimizer", make_optimizer("adamw", parts.params, cfg.sft_lr))
         n = len(parts.task.train)
         order = np.random.default_rng(run.seeds.seed("sft_check_prompts")).permutation(n)[: cfg.sft_check_size]
         self.check_rows = [parts.task.train[i] for i in order]
@@ -517,9 +520,12 @@ class RL(Phases):
             self.reward = float(batch.rollout.rewards.mean())
             truncated = float(batch.rollout.truncated.float().mean())
             if truncated > 0.5 and not run.counters.get("truncation_warned"):
-                warnings.warn(f"RL step {run.iteration}: {truncated:.0%} of the completions hit max_new_tokens="
-                              f"{self.cfg.max_new_tokens} (metric completion/truncation_rate); it is probably too "
-                              "small for this task (warned once per run)", stacklevel=2)
+                warnings.warn(
+                    f"RL step {run.iteration}: {truncated:.0%} of the completions hit max_new_tokens="
+                    f"{self.cfg.max_new_tokens} (metric completion/truncation_rate); it is probably too "
+                    "small for this task (warned once per run)",
+                    stacklevel=2,
+                )
                 run.counters["truncation_warned"] = True
             if self.cfg.log_samples:
                 self.lines += _write_samples(self.samples, self.parts, run.iteration, batch)

@@ -41,9 +41,15 @@ def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, np.ndarray):
         return _flatten(torch.from_numpy(np.ascontiguousarray(obj)), path, tensors) | {"__numpy__": True}
     if isinstance(obj, dict):
-        return {"__dict__": [[_flatten(k, f"{path}.k{i}", tensors) if not isinstance(k, str | int) else k,
-                              _flatten(v, f"{path}.{k}" if isinstance(k, str | int) else f"{path}.v{i}", tensors)]
-                             for i, (k, v) in enumerate(obj.items())]}
+        return {
+            "__dict__": [
+                [
+                    _flatten(k, f"{path}.k{i}", tensors) if not isinstance(k, str | int) else k,
+                    _flatten(v, f"{path}.{k}" if isinstance(k, str | int) else f"{path}.v{i}", tensors),
+                ]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
     if isinstance(obj, tuple):
         return {_TUPLE: [_flatten(v, f"{path}.{i}", tensors) for i, v in enumerate(obj)]}
     if isinstance(obj, list):
@@ -63,8 +69,10 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
         if _TUPLE in obj:
             return tuple(_unflatten(v, tensors) for v in obj[_TUPLE])
         if "__dict__" in obj:
-            return {(_unflatten(k, tensors) if isinstance(k, dict) else k): _unflatten(v, tensors)
-                    for k, v in obj["__dict__"]}
+            return {
+                (_unflatten(k, tensors) if isinstance(k, dict) else k): _unflatten(v, tensors)
+                for k, v in obj["__dict__"]
+            }
     if isinstance(obj, list):
         return [_unflatten(v, tensors) for v in obj]
     return obj
@@ -98,8 +106,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     skeleton = _flatten(state, "", tensors)
     bad = nonfinite_keys(tensors)
     if bad:
-        raise NonFiniteLoss(f"refusing to checkpoint non-finite state ({', '.join(bad[:3])}"
-                            f"{' ...' if len(bad) > 3 else ''}); the last good checkpoint {str(path)!r} is kept")
+        raise NonFiniteLoss(
+            f"refusing to checkpoint non-finite state ({', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}); the last good checkpoint {str(path)!r} is kept"
+        )
     # safetensors refuses tensors that share memory; clone any that alias.
     seen: dict[int, str] = {}
     for k, t in list(tensors.items()):
@@ -120,15 +130,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise UserError(f"{str(path)!r} is not a policyopt checkpoint of this version "
-                            f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+            raise UserError(
+                f"{str(path)!r} is not a policyopt checkpoint of this version "
+                f"(format {meta.get('format')!r}, expected {FORMAT!r})"
+            )
         tensors = load_file(str(path))
         skeleton = json.loads(meta["state"])
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for damaged files
-        raise UserError(f"checkpoint {str(path)!r} is unreadable (corrupt or truncated): "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise UserError(
+            f"checkpoint {str(path)!r} is unreadable (corrupt or truncated): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     if tensor_digest(tensors) != meta.get("sha256"):
         raise UserError(f"checkpoint {str(path)!r} is corrupt: its tensor data does not match the stored checksum")
     try:
@@ -143,8 +157,12 @@ def rng_state() -> dict[str, Any]:
     py = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": np_state[1], "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached": float(np_state[4])},
+        "numpy": {
+            "keys": np_state[1],
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "python": [py[0], list(py[1]), py[2]],
     }
 

@@ -205,8 +205,16 @@ class Run:
     family's plain numbers (steps, episode statistics); they are saved too.
     """
 
-    def __init__(self, run_dir: str | Path, cfg: Any, *, resume: bool, seed: int, tensorboard: bool = True,
-                 progress: bool | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        cfg: Any,
+        *,
+        resume: bool,
+        seed: int,
+        tensorboard: bool = True,
+        progress: bool | None = None,
+    ):
         self.dir = Path(run_dir)
         self.cfg = cfg
         self.resume = resume
@@ -243,8 +251,11 @@ class Run:
         return {
             **{name: part.state_dict() for name, part in self.parts.items()},
             "counters": dict(self.counters),
-            "lifecycle": {"stage": self.stage_index, "iteration": self.iteration,
-                          "metrics_rows": self.logger.rows if self.logger else 0},
+            "lifecycle": {
+                "stage": self.stage_index,
+                "iteration": self.iteration,
+                "metrics_rows": self.logger.rows if self.logger else 0,
+            },
             "rng": {"global": rng_state(), "streams": self.seeds.state_dict()},
         }
 
@@ -256,8 +267,10 @@ class Run:
         state = load_checkpoint(self.checkpoint_path)
         missing = [k for k in ("counters", "lifecycle", "rng") if k not in state]
         if missing:
-            raise UserError(f"checkpoint {str(self.checkpoint_path)!r} lacks {missing}; it was not written by "
-                            "this version of policyopt")
+            raise UserError(
+                f"checkpoint {str(self.checkpoint_path)!r} lacks {missing}; it was not written by "
+                "this version of policyopt"
+            )
         self.counters.update(state.pop("counters"))
         life = state.pop("lifecycle")
         self.stage_index, self.iteration = int(life["stage"]), int(life["iteration"])
@@ -273,8 +286,14 @@ class Run:
     # -- metrics --
     def open_logger(self, step: int) -> None:
         rows = getattr(self, "_metrics_rows", None) if self.resume else None
-        self.logger = MetricLogger(self.dir, self._tensorboard, resume_step=step if self.resume else None,
-                                   resume_rows=rows, trackers=getattr(self.cfg, "trackers", []), config=self.cfg)
+        self.logger = MetricLogger(
+            self.dir,
+            self._tensorboard,
+            resume_step=step if self.resume else None,
+            resume_rows=rows,
+            trackers=getattr(self.cfg, "trackers", []),
+            config=self.cfg,
+        )
 
     def accumulate(self, stats: Mapping[str, Any]) -> None:
         for k, v in stats.items():
@@ -285,10 +304,12 @@ class Run:
         for k, values in self.stats.items():
             if not k.startswith("loss/"):
                 continue
-            new = values[self._guard_pos.get(k, 0):]
+            new = values[self._guard_pos.get(k, 0) :]
             if new and not bool(torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in new])).all()):
-                raise NonFiniteLoss(f"non-finite {k} at iteration {self.iteration}; parameters not saved, last good "
-                                    f"checkpoint: {self.checkpoint_path}")
+                raise NonFiniteLoss(
+                    f"non-finite {k} at iteration {self.iteration}; parameters not saved, last good "
+                    f"checkpoint: {self.checkpoint_path}"
+                )
         self._guard_pos = {k: len(v) for k, v in self.stats.items()}
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -300,7 +321,8 @@ class Run:
         ``extra``; then start accumulating afresh."""
         metrics: dict[str, Any] = {
             (k if "/" in k else f"stats/{k}"): torch.stack([v.detach().float().reshape(()) for v in vals]).mean()
-            for k, vals in self.stats.items() if vals
+            for k, vals in self.stats.items()
+            if vals
         }
         metrics.update(extra)
         self.stats.clear()
@@ -309,8 +331,11 @@ class Run:
 
     def evaluate(self, stage: Stage, step: int, final: bool) -> dict[str, Any]:
         res = stage.evaluate(self, final)
-        numbers = {f"eval/{k}": v for k, v in res.items()
-                   if k not in NOT_LOGGED and isinstance(v, int | float) and not isinstance(v, bool)}
+        numbers = {
+            f"eval/{k}": v
+            for k, v in res.items()
+            if k not in NOT_LOGGED and isinstance(v, int | float) and not isinstance(v, bool)
+        }
         if numbers:
             self.log(step, numbers)
         self.last_eval = res
@@ -342,8 +367,7 @@ def _due(every: int, iteration: int) -> bool:
 
 def _run_stage(run: Run, stage: Stage, is_last_stage: bool) -> None:
     cad = stage.cadence
-    with TrainProgress(stage.step(stage.iterations), stage.name, run.progress,
-                       start=stage.step(run.iteration)) as bar:
+    with TrainProgress(stage.step(stage.iterations), stage.name, run.progress, start=stage.step(run.iteration)) as bar:
         while run.iteration < stage.iterations and not stage.done(run):
             run.iteration += 1
             it, last = run.iteration, run.iteration == stage.iterations
@@ -431,8 +455,10 @@ def family_of(cfg_or_class: Any) -> Family:
     for _, fam in FAMILIES.items():
         if fam.config is cls:
             return fam
-    raise UserError(f"{cls.__name__} is not the config of a trainer family; valid: "
-                    f"{', '.join(f.config.__name__ for _, f in FAMILIES.items())}")
+    raise UserError(
+        f"{cls.__name__} is not the config of a trainer family; valid: "
+        f"{', '.join(f.config.__name__ for _, f in FAMILIES.items())}"
+    )
 
 
 def load_family(run_dir: str | Path) -> Family:
@@ -446,8 +472,10 @@ def load_family(run_dir: str | Path) -> Family:
             raise UserError(f"run {str(run_dir)!r} needs {module!r}, which cannot be imported: {e}") from None
     name = info.get("family")
     if name not in FAMILIES:
-        raise UserError(f"run {str(run_dir)!r} has an unknown trainer family {name!r} in run.json; valid: "
-                        f"{', '.join(FAMILIES.names())}")
+        raise UserError(
+            f"run {str(run_dir)!r} has an unknown trainer family {name!r} in run.json; valid: "
+            f"{', '.join(FAMILIES.names())}"
+        )
     return FAMILIES.get(name)
 
 
@@ -467,9 +495,18 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise _Terminated()
 
 
-def execute(family: Family, cfg: Any, run_dir: str | Path, resume: bool,
-            build: Callable[[Run], Sequence[Stage]], *, seed: int, tensorboard: bool = True,
-            progress: bool | None = None, info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def execute(
+    family: Family,
+    cfg: Any,
+    run_dir: str | Path,
+    resume: bool,
+    build: Callable[[Run], Sequence[Stage]],
+    *,
+    seed: int,
+    tensorboard: bool = True,
+    progress: bool | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Prepare (or reopen) ``run_dir``, build the stages, restore state on resume, run, record the status.
 
     A fresh run writes ``config.yaml`` and ``run.json`` first, so every run directory, however it was
@@ -486,8 +523,9 @@ def execute(family: Family, cfg: Any, run_dir: str | Path, resume: bool,
     else:
         rundir.prepare_new(run_dir)
     rundir.write_config(run_dir, cfg)
-    rundir.write_info(run_dir, family=family.name, module=type(cfg).__module__, status="running",
-                      error=None, **dict(info or {}))
+    rundir.write_info(
+        run_dir, family=family.name, module=type(cfg).__module__, status="running", error=None, **dict(info or {})
+    )
     old = signal.getsignal(signal.SIGTERM)
     installed = False
     run: Run | None = None
@@ -530,4 +568,3 @@ def _clear_partial(run_dir: Path) -> None:
     for name in ("metrics.csv", "samples.jsonl", "eval.json"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tb", ignore_errors=True)
-

@@ -28,9 +28,16 @@ class TrainProgress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._p = None
         if self.enabled:
-            self._p = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=16), MofNCompleteColumn(),
-                               _Rate(), TextColumn("{task.fields[info]}"), TextColumn("eta"), TimeRemainingColumn(),
-                               transient=False)
+            self._p = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(bar_width=16),
+                MofNCompleteColumn(),
+                _Rate(),
+                TextColumn("{task.fields[info]}"),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self._task = self._p.add_task(description, total=total, completed=start, info="")
 
     def __enter__(self) -> TrainProgress:
@@ -41,8 +48,9 @@ class TrainProgress:
     def update(self, completed: int, **info: float | str | None) -> None:
         if self._p is None:
             return
-        text = "  ".join(f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
-                         if v is not None)
+        text = "  ".join(
+            f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items() if v is not None
+        )
         self._p.update(self._task, completed=completed, info=text)
 
     def __exit__(self, *exc) -> None:
