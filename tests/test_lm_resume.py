@@ -115,3 +115,41 @@ def test_lora_reference_is_the_adapter_after_the_warm_start(tmp_path):
     sft = [float(r[2]) for r in _rows(out) if r[1] == "loss/sft"]
     assert sft[0] > sft[-1]  # the warm-start trained the adapter, so the adapter-disabled base is not the RL start
     assert kl[0] == 0.0 and kl[-1] > 0  # the entropy bonus moves the adapter away from the reference
+
+
+@pytest.mark.parametrize("kill_after", [0.0, 0.7])
+def test_sigkill_at_a_random_moment_and_resume_matches(uninterrupted, tmp_path, kill_after):
+    """As the control trainers' test: a real SIGKILL of the CLI process some time after a checkpoint (during the
+    warm-start or RL, wherever it lands), then --resume: same parameters, streams, metrics and evaluation."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "killed"
+    exe = Path(sys.executable).parent / "policyopt"
+    proc = subprocess.Popen(
+        [str(exe), "train", "grpo", "--out", str(out), *ARGV], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    ckpt = out / "checkpoints" / "latest.safetensors"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(kill_after)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before it could be killed on this machine")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    a = dict(_flat(load_checkpoint(uninterrupted / "checkpoints" / "latest.safetensors")))
+    b = dict(_flat(load_checkpoint(ckpt)))
+    assert a.keys() == b.keys()
+    for k in a:
+        if not k.startswith(".lifecycle.metrics_rows"):
+            same = torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else np.array_equal(a[k], b[k])
+            assert same, k
+    assert _rows(out) == _rows(uninterrupted)
+    assert (out / "samples.jsonl").read_text() == (uninterrupted / "samples.jsonl").read_text()
+    assert json.loads((out / "eval.json").read_text()) == json.loads((uninterrupted / "eval.json").read_text())
