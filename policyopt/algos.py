@@ -87,7 +87,20 @@ def build_config(
     cfg = resolve(algo.config(), algo.defaults, tuned, file_layer, sets, flags)
     if target is not None and algo.presets and str(target) not in algo.presets:
         _note_untuned(algo, str(target))
+    _note_unused_loss_keys(cfg)
     return cfg
+
+
+def _note_unused_loss_keys(cfg) -> None:
+    """Say on stderr which ``loss.*`` keys were set but are not read by the chosen policy loss."""
+    if not (hasattr(cfg, "policy_loss") and hasattr(cfg, "loss")):
+        return
+    from policyopt.losses import unused_loss_keys
+
+    unused = unused_loss_keys(cfg.policy_loss, cfg.loss)
+    if unused:
+        keys = ", ".join(f"loss.{k}" for k in unused)
+        print(f"policyopt: note: policy loss {cfg.policy_loss!r} does not read {keys}", file=sys.stderr)
 
 
 _NOTED: set[tuple[str, str]] = set()

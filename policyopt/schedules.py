@@ -35,7 +35,8 @@ class Schedule:
 
 
 def linear_interpolation(start: float, end: float, i: int, total: int) -> float:
-    """``start`` at ``i = 1``, ``end`` at ``i = total`` (linear in between): for ratios annealed over a run."""
+    """``start`` at ``i = 1``, ``end`` at ``i = total`` (linear in between, clamped outside; ``start`` for a
+    one-iteration run): for ratios annealed over a run."""
     if total <= 1:
-        return end
+        return start
     return start + (end - start) * (min(max(i, 1), total) - 1) / (total - 1)

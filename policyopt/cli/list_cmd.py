@@ -9,7 +9,22 @@ from rich.table import Table
 from policyopt import algos
 from policyopt.registry import doc_line
 
-SECTIONS = ["algorithms", "presets", "advantages", "losses", "aggregations", "kl", "tasks", "rewards", "envs"]
+SECTIONS = [
+    "algorithms",
+    "presets",
+    "advantages",
+    "losses",
+    "aggregations",
+    "kl",
+    "corrections",
+    "selectors",
+    "actor-losses",
+    "critic-losses",
+    "optimizers",
+    "tasks",
+    "rewards",
+    "envs",
+]
 DEFAULT = [s for s in SECTIONS if s != "envs"]  # the environment list is long: only on request
 
 
@@ -22,13 +37,25 @@ def add_parser(sub):
 def _registries():
     from policyopt.advantages import ADVANTAGES
     from policyopt.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+    from policyopt.losses.actor_critic import ACTOR_LOSSES, CRITIC_LOSSES
+    from policyopt.losses.correction import CORRECTIONS
+    from policyopt.optim import OPTIMIZERS
 
-    return {
+    out = {
         "advantages": ("advantage estimators", ADVANTAGES),
         "losses": ("policy losses", POLICY_LOSSES),
         "aggregations": ("loss aggregations", AGGREGATIONS),
         "kl": ("KL estimators", KL_ESTIMATORS),
+        "corrections": ("rollout corrections (LM: correction.name)", CORRECTIONS),
+        "actor-losses": ("off-policy actor losses", ACTOR_LOSSES),
+        "critic-losses": ("off-policy critic losses", CRITIC_LOSSES),
+        "optimizers": ("optimizers", OPTIMIZERS),
     }
+    try:
+        from policyopt.lm.selection import SELECTORS
+    except ImportError:  # the LM extra is not installed
+        return out
+    return {**out, "selectors": ("LM data selectors (selectors: [...])", SELECTORS)}
 
 
 def _table(title: str, columns: tuple[str, ...], rows) -> Table:

@@ -13,7 +13,19 @@ from policyopt.config import EPISODES_MAX, show_limit
 from policyopt.control.envs import AutoresetTracker, gym_id, make_vec_env, seeds_for
 from policyopt.errors import UserError
 
-EVAL_SEED_OFFSET = 10_000
+
+def evaluation_seed(seed: int) -> int:
+    """The seed of a run's evaluation environments: the named stream ``evaluation`` of the run seed."""
+    from policyopt.runs.lifecycle import SeedStreams
+
+    return SeedStreams(seed).seed("evaluation") % (2**31 - 1)
+
+
+def evaluation_generator(seed: int) -> torch.Generator:
+    """The generator of stochastic evaluation actions: the named stream ``evaluation_actions``."""
+    from policyopt.runs.lifecycle import SeedStreams
+
+    return SeedStreams(seed).torch("evaluation_actions")
 
 
 @torch.no_grad()
@@ -34,12 +46,13 @@ def evaluate(
     if video_dir is not None:
         return _evaluate_video(act, env_id, episodes, seed, env_kwargs, Path(video_dir))
     n = max(1, min(num_envs, episodes))
-    env = make_vec_env(env_id, n, seed + EVAL_SEED_OFFSET, env_kwargs=env_kwargs)
+    eval_seed = evaluation_seed(seed)
+    env = make_vec_env(env_id, n, eval_seed, env_kwargs=env_kwargs)
     try:
         target = np.array([episodes // n + (i < episodes % n) for i in range(n)])
         done_count = np.zeros(n, dtype=np.int64)
         tracker = AutoresetTracker(n)
-        obs, _ = env.reset(seed=seeds_for(seed + EVAL_SEED_OFFSET, n))
+        obs, _ = env.reset(seed=seeds_for(eval_seed, n))
         returns, lengths = [], []
         while (done_count < target).any():
             action = act(torch.as_tensor(obs, dtype=torch.float32))
@@ -84,7 +97,7 @@ def _evaluate_video(act, env_id: str, episodes: int, seed: int, env_kwargs: dict
     returns, lengths = [], []
     try:
         for ep in range(episodes):
-            obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET + ep)
+            obs, _ = env.reset(seed=evaluation_seed(seed) + ep)
             ret, length, done = 0.0, 0, False
             while not done:
                 a = act(torch.as_tensor(obs, dtype=torch.float32)[None])[0]

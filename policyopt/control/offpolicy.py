@@ -578,7 +578,7 @@ def evaluate_run(
     stochastic: a tanh-Gaussian sample for SAC, mu(s) plus the exploration noise for TD3)."""
     cfg, actor, obs_norm, to_env = load_agent(run_dir)
     torch.set_num_threads(cfg.threads)
-    gen = torch.Generator().manual_seed(cfg.seed + evaluation.EVAL_SEED_OFFSET)
+    gen = evaluation.evaluation_generator(cfg.seed)
 
     @torch.no_grad()
     def act(raw_obs: Tensor) -> Tensor:

@@ -519,7 +519,7 @@ def evaluate_run(
     """``policyopt eval``: evaluate a run's latest checkpoint."""
     cfg, agent, obs_norm = load_agent(run_dir)
     torch.set_num_threads(cfg.threads)
-    gen = torch.Generator().manual_seed(cfg.seed + evaluation.EVAL_SEED_OFFSET)
+    gen = evaluation.evaluation_generator(cfg.seed)
 
     @torch.no_grad()
     def act(raw_obs: torch.Tensor) -> torch.Tensor:

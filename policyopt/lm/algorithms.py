@@ -18,6 +18,7 @@ from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
 from policyopt.advantages import functional as F
 from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, PolicyLossConfig
 from policyopt.losses.policy import ratio_stats
+from policyopt.schedules import linear_interpolation
 
 
 # ----- policy losses ------------------------------------------------------------------------------
@@ -328,7 +329,4 @@ def d3s_keep_ratio(step: int, total_steps: int, start: float, end: float) -> flo
     """D^3S dynamic down-sampling schedule (Wang et al., 2025, arXiv 2509.22115): aggressive down-sampling
     first, relaxed over training. Here the token keep ratio moves linearly from ``start`` at RL step 1 to
     ``end`` at ``total_steps`` (constant ``start`` for a one-step run; clamped outside the range)."""
-    if total_steps <= 1:
-        return start
-    frac = min(max((step - 1) / (total_steps - 1), 0.0), 1.0)
-    return start + (end - start) * frac
+    return linear_interpolation(start, end, step, total_steps)
