@@ -539,18 +539,7 @@ FAMILY = FAMILIES.register(
 
 def train(cfg: OffPolicyConfig, run_dir: str | Path, resume: bool = False, **run_info: Any) -> dict:
     """Train (or resume) an off-policy run in ``run_dir``; returns the final evaluation summary."""
-    torch.set_num_threads(cfg.threads)
-    return execute(
-        FAMILY,
-        cfg,
-        run_dir,
-        resume,
-        lambda run: [OffPolicyTrainer(cfg, run)],
-        seed=cfg.seed,
-        tensorboard=cfg.tensorboard,
-        progress=cfg.progress,
-        info=run_info,
-    )
+    return execute(FAMILY, cfg, run_dir, resume, lambda run: [OffPolicyTrainer(cfg, run)], info=run_info)
 
 
 # ---- evaluation of a saved run ------------------------------------------------------------------------

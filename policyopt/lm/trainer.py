@@ -579,24 +579,13 @@ def _write_samples(path: Path, parts: LMParts, step: int, batch: LMBatch) -> int
 
 def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False, **run_info: Any) -> dict:
     """Train (or resume) an LM run in ``run_dir``: the warm-start stage (if ``sft_steps``) then RL."""
-    torch.set_num_threads(cfg.threads)
 
     def build(run: Run) -> list[Phases]:
         parts = build_parts(cfg)
         run.track("model", parts.model)
         return [*([WarmStart(parts, run)] if cfg.sft_steps else []), RL(parts, run)]
 
-    return execute(
-        FAMILY,
-        cfg,
-        run_dir,
-        resume,
-        build,
-        seed=cfg.seed,
-        tensorboard=cfg.tensorboard,
-        progress=cfg.progress,
-        info=run_info,
-    )
+    return execute(FAMILY, cfg, run_dir, resume, build, info=run_info)
 
 
 def evaluate_run(

@@ -495,6 +495,9 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise _Terminated()
 
 
+_FROM_CONFIG = object()
+
+
 def execute(
     family: Family,
     cfg: Any,
@@ -502,16 +505,22 @@ def execute(
     resume: bool,
     build: Callable[[Run], Sequence[Stage]],
     *,
-    seed: int,
-    tensorboard: bool = True,
-    progress: bool | None = None,
+    seed: int | None = None,
+    tensorboard: bool | None = None,
+    progress: Any = _FROM_CONFIG,
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Prepare (or reopen) ``run_dir``, build the stages, restore state on resume, run, record the status.
 
     A fresh run writes ``config.yaml`` and ``run.json`` first, so every run directory, however it was
     started (CLI, bench, Python), can be evaluated and resumed. ``resume`` of a run that died before its
-    first checkpoint starts it afresh with its saved config."""
+    first checkpoint starts it afresh with its saved config. ``seed``, ``tensorboard`` and ``progress``
+    default to the config's fields of those names, and the config's ``threads`` (if any) sets torch's."""
+    seed = int(cfg.seed) if seed is None else seed
+    tensorboard = bool(getattr(cfg, "tensorboard", True)) if tensorboard is None else tensorboard
+    progress = getattr(cfg, "progress", None) if progress is _FROM_CONFIG else progress
+    if getattr(cfg, "threads", None):
+        torch.set_num_threads(int(cfg.threads))
     run_dir = Path(run_dir)
     fresh_dir = not run_dir.exists() or not any(run_dir.iterdir())
     if resume:
