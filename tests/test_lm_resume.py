@@ -117,7 +117,7 @@ def test_lora_reference_is_the_adapter_after_the_warm_start(tmp_path):
     assert kl[0] == 0.0 and kl[-1] > 0  # the entropy bonus moves the adapter away from the reference
 
 
-@pytest.mark.parametrize("kill_after", [0.0, 0.7])
+@pytest.mark.parametrize("kill_after", [0.0, 0.3])
 def test_sigkill_at_a_random_moment_and_resume_matches(uninterrupted, tmp_path, kill_after):
     """As the control trainers' test: a real SIGKILL of the CLI process some time after a checkpoint (during the
     warm-start or RL, wherever it lands), then --resume: same parameters, streams, metrics and evaluation."""
@@ -142,7 +142,9 @@ def test_sigkill_at_a_random_moment_and_resume_matches(uninterrupted, tmp_path, 
         pytest.skip("the run finished before it could be killed on this machine")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    # a kill that lands after the final evaluation was written leaves nothing to do: resume says so (exit 2)
+    finished = (out / "eval.json").exists()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == (2 if finished else 0)
     a = dict(_flat(load_checkpoint(uninterrupted / "checkpoints" / "latest.safetensors")))
     b = dict(_flat(load_checkpoint(ckpt)))
     assert a.keys() == b.keys()
