@@ -226,6 +226,7 @@ class Run:
         self.stats: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
         self._guard_pos: dict[str, int] = {}
         self._restored: dict[str, Any] = {}
+        self._metrics_rows: int | None = None  # the metrics.csv rows at the restored checkpoint
         self._tensorboard = tensorboard
         self.logger: MetricLogger | None = None
         self.last_eval: dict[str, Any] | None = None
@@ -243,9 +244,13 @@ class Run:
         if name in _RESERVED:
             raise ValueError(f"part name {name!r} is reserved")
         self.parts[name] = part
-        if name in self._restored:
-            part.load_state_dict(self._restored.pop(name))
+        self._load_restored(name)
         return part
+
+    def _load_restored(self, name: str) -> None:
+        """Give part ``name`` its state from the restored checkpoint, if it holds one."""
+        if name in self._restored:
+            self.parts[name].load_state_dict(self._restored.pop(name))
 
     def state(self) -> dict[str, Any]:
         return {
@@ -279,13 +284,12 @@ class Run:
         set_rng_state(rng["global"])
         self.seeds.load_state_dict(rng["streams"])
         self._restored = state
-        for name, part in list(self.parts.items()):
-            if name in self._restored:
-                part.load_state_dict(self._restored.pop(name))
+        for name in list(self.parts):
+            self._load_restored(name)
 
     # -- metrics --
     def open_logger(self, step: int) -> None:
-        rows = getattr(self, "_metrics_rows", None) if self.resume else None
+        rows = self._metrics_rows if self.resume else None
         self.logger = MetricLogger(
             self.dir,
             self._tensorboard,
@@ -305,7 +309,7 @@ class Run:
             if not k.startswith("loss/"):
                 continue
             new = values[self._guard_pos.get(k, 0) :]
-            if new and not bool(torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in new])).all()):
+            if new and not bool(torch.isfinite(_stacked(new)).all()):
                 raise NonFiniteLoss(
                     f"non-finite {k} at iteration {self.iteration}; parameters not saved, last good "
                     f"checkpoint: {self.checkpoint_path}"
@@ -320,9 +324,7 @@ class Run:
         """Log the means of the accumulated statistics (names without a section go under ``stats/``) and
         ``extra``; then start accumulating afresh."""
         metrics: dict[str, Any] = {
-            (k if "/" in k else f"stats/{k}"): torch.stack([v.detach().float().reshape(()) for v in vals]).mean()
-            for k, vals in self.stats.items()
-            if vals
+            (k if "/" in k else f"stats/{k}"): _stacked(vals).mean() for k, vals in self.stats.items() if vals
         }
         metrics.update(extra)
         self.stats.clear()
@@ -340,6 +342,11 @@ class Run:
             self.log(step, numbers)
         self.last_eval = res
         return res
+
+
+def _stacked(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Scalar statistics as one float tensor (one host sync for all of them later)."""
+    return torch.stack([v.detach().float().reshape(()) for v in values])
 
 
 _RESERVED = ("counters", "lifecycle", "rng")
