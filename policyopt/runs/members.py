@@ -138,8 +138,10 @@ def member_key(key: str, per_member: Sequence[str]) -> bool:
 
 
 def shared_config(cfg: Any, per_member: Sequence[str]) -> dict[str, Any]:
-    """The flattened config without the keys that may differ between members (what members must share)."""
-    return {k: v for k, v in flatten(to_dict(cfg)).items() if not member_key(k, per_member) and k != "progress"}
+    """The flattened config (a config or its plain mapping) without the keys that may differ between members:
+    what members must share."""
+    flat = flatten(cfg if isinstance(cfg, Mapping) else to_dict(cfg))
+    return {k: v for k, v in flat.items() if not member_key(k, per_member) and k != "progress"}
 
 
 def check_members(cfgs: Sequence[Any], dirs: Sequence[Path], per_member: Sequence[str]) -> None:
