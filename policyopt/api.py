@@ -86,6 +86,9 @@ def train_population(
         raise UserError("a population needs at least one member")
     fam = family_of(cfgs[0])
     members.check_members(cfgs, dirs, members.per_member_keys(fam))
+    if not resume:  # refuse before any member trains
+        for d in dirs:
+            rundir.check_new_run_dir(d)
     batched, line = members.plan(fam, cfgs, population)
     (note or (lambda text: sys.stderr.write(f"policyopt: {text}\n")))(line)
     info = {"algo": algo, **run_info} if algo else dict(run_info)
