@@ -6,6 +6,7 @@ how it was called."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -50,24 +51,41 @@ def _calls(folder: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-@pytest.fixture
-def fake_batched(tmp_path, monkeypatch):
-    """The on-policy family with the fake batched trainer registered (restored afterwards)."""
+@contextlib.contextmanager
+def _on_policy_population(entry: str | None):
+    """The on-policy family registered with batched trainer ``entry`` (None: none) while the block runs."""
+    import policyopt.control.onpolicy  # noqa: F401 - registers the family
     from policyopt.runs.lifecycle import FAMILIES
 
+    name = "control/on-policy"
+    real = FAMILIES.get(name)
+    FAMILIES.unregister(name)
+    FAMILIES.register(name, dataclasses.replace(real, population=entry))
+    try:
+        yield
+    finally:
+        FAMILIES.unregister(name)
+        FAMILIES.register(name, real)
+
+
+@pytest.fixture
+def fake_batched(tmp_path, monkeypatch):
+    """The on-policy family with the fake batched trainer registered; yields the folder of its call log."""
     folder = tmp_path / "fake"
     folder.mkdir()
     (folder / "fake_batched.py").write_text(FAKE)
     monkeypatch.syspath_prepend(str(folder))
-    name = "control/on-policy"
-    real = FAMILIES.get(name)
-    FAMILIES.unregister(name)
-    FAMILIES.register(name, dataclasses.replace(real, population="fake_batched:train_population"))
     sys.modules.pop("fake_batched", None)  # each test's module writes its own call log
-    yield folder
+    with _on_policy_population("fake_batched:train_population"):
+        yield folder
     sys.modules.pop("fake_batched", None)
-    FAMILIES.unregister(name)
-    FAMILIES.register(name, real)
+
+
+@pytest.fixture
+def single_run_path():
+    """The on-policy family without a batched trainer: populations take the single-run path."""
+    with _on_policy_population(None):
+        yield
 
 
 # ---- seed lists --------------------------------------------------------------------------------------------------
@@ -147,11 +165,11 @@ def _weights(run: Path) -> dict:
     return load_checkpoint(run / "checkpoints" / "latest.safetensors")["model"]
 
 
-def test_cli_population_equals_single_runs_and_resumes(cli, tmp_path, monkeypatch):
+def test_cli_population_equals_single_runs_and_resumes(cli, tmp_path, monkeypatch, single_run_path):
     monkeypatch.chdir(tmp_path)
     code, out, err = cli("train", "ppo", "--env", "CartPole-v1", "--seeds", "0,3", "--out", "pop", *TINY_ARGS)
     assert code == 0, err
-    assert "one after another" in err
+    assert "one after another" in err and "has no batched trainer" in err
     code, _, err = cli("train", "ppo", "--env", "CartPole-v1", "--seed", "3", "--out", "single", *TINY_ARGS)
     assert code == 0, err
     assert _eval(tmp_path / "pop/seed-3") == _eval(tmp_path / "single")
