@@ -261,3 +261,8 @@ def test_bench_population_job_runs_and_resumes(tmp_path, fake_batched, capsys, m
     assert [again[s]["final_score"] for s in (1, 2, 3)] == [rows[s]["final_score"] for s in (1, 2, 3)]
     assert all((runs[s] / "checkpoints/latest.safetensors").read_bytes() == ckpts[s] for s in (2, 3))
     assert main(argv) == 0 and "3 already finished, 0 to run" in capsys.readouterr().out
+    # a member stopped before its run info was written is still checked against the spec, by its config.yaml
+    info = json.loads((runs[1] / "run.json").read_text())
+    (runs[1] / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "bench"}))
+    spec.write_text(yaml.safe_dump({**SPEC, "sets": {**SPEC["sets"], "gamma": 0.9}}))
+    assert main(argv) == 2 and "different config" in capsys.readouterr().err

@@ -49,6 +49,8 @@ def cell_status(cell: Cell, digest: str) -> str:
         return "new"
     info = json.loads((run_dir / "run.json").read_text())
     old = (info.get("bench") or {}).get("digest")
+    if old is None and (run_dir / "config.yaml").is_file():  # a population member stopped before its run info
+        old = config_digest(rundir.read_config(run_dir))
     if old is not None and old != digest:
         raise UserError(
             f"cell {cell.label} in {str(run_dir)!r} was run with a different config than the spec "
