@@ -141,7 +141,7 @@ def _train_cell(job: dict[str, Any], run_dir: Path, out: dict[str, Any]) -> dict
         out.update(status="finished", resumed=resume)
     except Exception as e:
         msg = _message(e)
-        _record_failure(run_dir, job, {"algo": job["algo"], **bench}, msg)
+        _record_failure(run_dir, {"algo": job["algo"], **bench}, msg)
         out.update(status="failed", error=msg, traceback=traceback.format_exc(limit=8))
     out["seconds"] = round(time.time() - t0, 2)
     return out
@@ -214,13 +214,13 @@ def _train_population(job: dict, cells: list[dict], dirs: list[Path], outs: list
     except Exception as e:
         error, trace = _message(e), traceback.format_exc(limit=8)
     seconds = round((time.time() - t0) / len(cells), 2)  # each member's share of the population's time
-    for m, d, o, info in zip(cells, dirs, outs, infos):
+    for d, o, info in zip(dirs, outs, infos):
         o.update(resumed=all(started), seconds=seconds, population=len(cells))
-        if not error and (d / "eval.json").exists():
+        if (d / "eval.json").exists() and rundir.read_info(d).get("status") == "finished":
             o.update(status="finished")
             continue
         msg = error or "the batched trainer returned without this member's final evaluation"
-        _record_failure(d, m, info, msg)
+        _record_failure(d, info, msg)
         o.update(status="failed", error=msg, traceback=trace)
     return outs
 
@@ -233,7 +233,7 @@ def _message(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
 
 
-def _record_failure(run_dir: Path, job: dict[str, Any], info: dict[str, Any], msg: str) -> None:
+def _record_failure(run_dir: Path, info: dict[str, Any], msg: str) -> None:
     """``run.json`` says the cell failed, also for a cell that failed before its run directory existed."""
     from policyopt.runs import rundir
 
