@@ -29,7 +29,7 @@ from policyopt.lm import algorithms as A
 from policyopt.lm import selection as S
 from policyopt.lm.backends import GenerationBackend, make_backend
 from policyopt.lm.config import FAMILY, LMConfig
-from policyopt.lm.model import Reference, add_lora, build_model, load_tokenizer, save_pretrained
+from policyopt.lm.model import Reference, add_lora, build_model, enable_checkpointing, load_tokenizer, save_pretrained
 from policyopt.lm.rewards import RewardSet
 from policyopt.lm.rollout import Rollout, collate, generate, set_mode, token_logp
 from policyopt.lm.runtime import autocast, compute_dtype, resolve_device
@@ -101,7 +101,7 @@ def setup(cfg: LMConfig):
     model = build_model(cfg.model, tok, cfg.seed)
     check_prompts(task, tok, model, cfg.max_new_tokens)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if cfg.lora_r:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     return task, tok, rewards, rewards.names.index(acc_name), model.to(device)
