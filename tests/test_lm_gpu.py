@@ -219,3 +219,26 @@ def test_bfloat16_autocast_keeps_float32_master_weights():
         lp32, _ = token_logp(parts.model, ids, attn, pos, P, 1.0)
     err = ((lp16 - lp32).abs() * cmask).max()
     assert 0 < err < 0.1  # bfloat16 rounding, not a different function
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lean_attention_through_sdpa_matches_plain_ops(device, monkeypatch):
+    """The fused-attention path (used on CUDA) gives the plain-ops logits and gradients (forced on CPU)."""
+    from policyopt.lm import fastgen
+    from policyopt.lm.model import build_model, load_tokenizer
+    from policyopt.lm.rollout import collate
+
+    tok = load_tokenizer("tiny-qwen2", None)
+    m = build_model("tiny-qwen2", tok, 0).to(device)
+    batch = collate([tok.encode(p) for p in ["1+2=", "56+78=", "1+2="]], [tok.encode(c) for c in ["3", "13", ""]], 0)
+    ids, attn, pos = (t.to(device) for t in batch[:3])
+    out = {}
+    for sdpa in (False, True):
+        monkeypatch.setattr(fastgen, "SDPA_DEVICES", (device,) if sdpa else ())
+        m.zero_grad()
+        z = fastgen.completion_logits(m, ids, attn, pos, batch[4])
+        z.square().mean().backward()
+        out[sdpa] = z.detach(), [p.grad.clone() for p in m.parameters()]
+    torch.testing.assert_close(out[True][0], out[False][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(out[True][1], out[False][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -10,9 +10,12 @@ the LM head runs at completion positions only). Position ids follow the attentio
 ``generate`` (``cumsum - 1``), so sampler log-probs equal the train-time recomputation; both are checked
 against transformers in ``tests/test_lm_trainer.py``.
 
-:func:`supported_model` says when they apply (plain fp32/bf16 Llama or Qwen2, no PEFT wrapper, no
-attention dropout or activation checkpointing); :func:`supported` adds the sampler's conditions (top-p 1,
-no stop strings). Otherwise the callers use ``model.generate`` / ``model(...)``."""
+:func:`supported_arch` says which models they apply to (plain fp32/bf16 Llama or Qwen2, no PEFT wrapper, no
+attention dropout); :func:`supported_model` adds the train-time forward's condition (no activation
+checkpointing), :func:`supported` the sampler's (top-p 1, no stop strings). Otherwise the callers use
+``model.generate`` / ``model(...)``. Every tensor is allocated on the device of the inputs; on the devices in
+``SDPA_DEVICES`` attention runs through the fused ``scaled_dot_product_attention`` kernel.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from policyopt.sampling import race_noise, race_sample
+
+# device types whose attention runs through ``F.scaled_dot_product_attention`` (its fused kernels keep the
+# score matrix out of memory on a GPU); elsewhere plain matmul / softmax ops, faster on CPU for small shapes
+SDPA_DEVICES = ("cuda",)
 
 
 def _checkpointing(model) -> bool:
@@ -119,9 +126,12 @@ def _attend(ly: _Layer, qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cac
         k, v = kc[:, :, : mask.shape[-1]], vc[:, :, : mask.shape[-1]]
     if ly.H != ly.KV:
         k, v = k.repeat_interleave(ly.H // ly.KV, 1), v.repeat_interleave(ly.H // ly.KV, 1)
-    # softmax(q k^T + bias) v in plain ops (q carries the 1/sqrt(D) scale): for these shapes ~1.5x faster
-    # than the CPU SDPA kernel, forward and backward (``mask`` is an additive bias: 0 or -inf)
-    o = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + mask, -1), v)
+    if q.device.type in SDPA_DEVICES:  # fused kernel: no (B, H, n, keys) score tensor in memory
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=1.0)
+    else:
+        # softmax(q k^T + bias) v in plain ops (q carries the 1/sqrt(D) scale): for these shapes ~1.5x faster
+        # than the CPU SDPA kernel, forward and backward (``mask`` is an additive bias: 0 or -inf)
+        o = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + mask, -1), v)
     return o.transpose(1, 2).reshape(B * n, ly.H * ly.D)
 
 
