@@ -22,6 +22,7 @@ Phases, each written to ``results.json`` in the output folder as soon as it fini
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -87,6 +88,14 @@ def sync(device: torch.device) -> None:
 
 def peak_gib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def fresh(device: torch.device) -> None:
+    """Free what the previous phase left cached and restart the peak-memory counter."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def synthetic_tokenizer():
@@ -356,10 +365,13 @@ def main() -> None:
         mdir = Path(d) / "qwen2"
         res.add("model", build_model_dir(mdir, size))
         if "generation" not in skip:
+            fresh(dev)
             res.add("generation", bench_generation(mdir, size, a.device, a.dtype, reps=2))
         if "policyopt" not in skip:
+            fresh(dev)
             res.add("policyopt_step", bench_policyopt_steps(mdir, size, a.device, a.dtype))
         if "trl" not in skip:
+            fresh(dev)
             res.add("trl_step", bench_trl_steps(mdir, size, a.device, Path(d) / "trl"))
         if {"policyopt", "trl"}.isdisjoint(skip):
             ratio = res.data["trl_step"]["median_step_s"] / res.data["policyopt_step"]["median_step_s"]
