@@ -91,7 +91,7 @@ BACKENDS: Registry[Callable[..., GenerationBackend]] = Registry(
     applies=fastgen.supported_arch,
 )
 class LeanBackend:
-    """The lean KV-cached Llama / Qwen2 sampler (:func:`policyopt.lm.fastgen.sample`), in the compute dtype."""
+    """The lean KV-cached Llama / Qwen2 sampler (``fastgen.sample``) in the compute dtype: top-p 1, no stops."""
 
     def __init__(self, model, tok, dtype: torch.dtype = torch.float32):
         self.model, self.tok = model, tok
@@ -122,8 +122,9 @@ class LeanBackend:
 
 @BACKENDS.register("transformers")
 class TransformersBackend:
-    """``model.generate`` (any causal LM, PEFT wrappers included; top-p and stop strings), under autocast in the
-    compute dtype; sampler log-probs from the returned scores."""
+    """``model.generate``: any causal LM (PEFT wrappers included), top-p and stop strings.
+
+    Runs under autocast in the compute dtype; the sampler log-probs come from the returned scores."""
 
     def __init__(self, model, tok, dtype: torch.dtype = torch.float32):
         self.model, self.tok, self.dtype = model, tok, dtype
