@@ -145,7 +145,11 @@ def test_token_budget_micro_batches_give_the_one_batch_gradient(aggregation):
 
     parts = _parts(max_grad_norm=None, aggregation=aggregation, epochs=2)  # epochs 2: the pi_old pass runs
     ctx = SelectionContext(parts.cfg, 1, score=parts.score)
-    batch = prepare(parts, collect(parts, np.random.default_rng(0), ctx), ctx)
+    collected = collect(parts, np.random.default_rng(0), ctx)
+    ro = collected.rollout
+    for i in range(len(ro)):  # completions of 1..6 tokens (a random model rarely samples EOS)
+        ro.completion_ids[i], ro.sampler_logp[i] = ro.completion_ids[i][: 1 + i % 6], ro.sampler_logp[i][: 1 + i % 6]
+    batch = prepare(parts, collected, ctx)
     g = torch.Generator().manual_seed(0)
     batch.adv = torch.randn(batch.adv.shape, generator=g) * batch.cmask
     lengths = batch.attn.sum(1)
@@ -159,10 +163,13 @@ def test_token_budget_micro_batches_give_the_one_batch_gradient(aggregation):
         if tokens:
             logp, _ = parts.forward_logp(parts.model, batch, torch.arange(len(batch)))
             torch.testing.assert_close(logp, old_one, atol=1e-6, rtol=0)
-    from policyopt.lm.trainer import pack_by_tokens
+    from policyopt.lm.trainer import _trim, pack_by_tokens
 
     packs = pack_by_tokens(lengths, budget)
     assert len(packs) >= 3 and all(int(lengths[c].sum()) <= budget for c in packs)
+    # the packed micro-batches skip the columns that are padding in all their rows
+    widths = [_trim(batch.ids[c], batch.attn[c], batch.pos[c], batch.P)[0].shape[1] for c in packs]
+    assert min(widths) < batch.ids.shape[1]
     for name in ("size", "tokens"):
         for a, b in zip(grads[name], grads["one"]):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

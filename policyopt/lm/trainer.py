@@ -182,11 +182,8 @@ class LMParts:
         """No-grad ``(logp, entropy)`` of ``rows`` of ``b`` under ``model`` on the device (autocast to the
         compute dtype), returned on the host; ``micro_batch_tokens`` chunks the rows (else one pass)."""
         chunks = [rows] if self.cfg.micro_batch_tokens is None else _micro_batches(self.cfg, b.attn, rows)
-        outs = []
-        with torch.no_grad(), autocast(self.device, self.dtype):
-            for c in chunks:
-                ids, attn, pos = (t[c].to(self.device) for t in (b.ids, b.attn, b.pos))
-                outs.append(token_logp(model, ids, attn, pos, b.P, self.cfg.temperature, with_entropy=with_entropy))
+        with torch.no_grad():
+            outs = [_rows_logp(self, model, b, c, with_entropy) for c in chunks]
         if len(outs) == 1 and chunks[0] is rows:
             logp, ent = outs[0]
             return logp.cpu(), None if ent is None else ent.cpu()
@@ -347,18 +344,34 @@ def prepare(parts: LMParts, batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     return S.run_stage(parts.selectors, "advantage", batch, ctx)
 
 
+def _trim(ids: Tensor, attn: Tensor, pos: Tensor, P: int):
+    """Drop the columns that are padding in every row (left of the longest prompt, right of the longest
+    completion; at least one prompt and one completion column stay): ``(ids, attn, pos, P')``."""
+    used = attn.bool().any(0)
+    first = int(used[:P].nonzero().min()) if bool(used[:P].any()) else P - 1
+    last = P + (int(used[P:].nonzero().max()) + 1 if bool(used[P:].any()) else 1)
+    return ids[:, first:last], attn[:, first:last], pos[:, first:last], P - first
+
+
+def _rows_logp(parts: LMParts, model, b: LMBatch, rows: Tensor, with_entropy: bool):
+    """``token_logp`` of ``rows`` of ``b`` on the device under autocast to the compute dtype, ``(len(rows), L)``;
+    with ``micro_batch_tokens`` set, the columns that are padding in all of these rows are not computed
+    (:func:`_trim`; the outputs are zero-padded back to ``L``)."""
+    ids, attn, pos = (t[rows].to(parts.device) for t in (b.ids, b.attn, b.pos))
+    P, L = b.P, b.ids.shape[1] - b.P
+    if parts.cfg.micro_batch_tokens is not None:
+        ids, attn, pos, P = _trim(ids, attn, pos, P)
+    with autocast(parts.device, parts.dtype):
+        logp, ent = token_logp(model, ids, attn, pos, P, parts.cfg.temperature, with_entropy=with_entropy)
+    if logp.shape[1] < L:
+        logp = torch.nn.functional.pad(logp, (0, L - logp.shape[1]))
+        ent = None if ent is None else torch.nn.functional.pad(ent, (0, L - ent.shape[1]))
+    return logp, ent
+
+
 def _micro_loss(parts: LMParts, b: LMBatch, mic, agg: Aggregator, on_policy: bool):
     cfg = parts.cfg
-    with autocast(parts.device, parts.dtype):
-        logp, ent = token_logp(
-            parts.model,
-            b.ids[mic],
-            b.attn[mic],
-            b.pos[mic],
-            b.P,
-            cfg.temperature,
-            with_entropy=cfg.ent_coef > 0 or on_policy,
-        )
+    logp, ent = _rows_logp(parts, parts.model, b, mic, cfg.ent_coef > 0 or on_policy)
     ref = None if b.ref_logp is None else b.ref_logp[mic]
     old = logp.detach() if on_policy else b.old_logp[mic]
     pb, cstats = PolicyBatch(logp, old, b.adv[mic], b.mask[mic], logp_ref=ref), {}
