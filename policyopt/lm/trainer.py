@@ -145,7 +145,7 @@ def sft_step(model, tok, rows: list[dict], opt, dtype: torch.dtype = torch.float
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss.detach()
+    return loss.detach().cpu()  # logged with the host-side metrics
 
 
 @dataclass
