@@ -36,11 +36,13 @@ def flat_size(dims: Sequence[int]) -> int:
     return sum(d_in * d_out + d_out for d_in, d_out in zip(dims[:-1], dims[1:]))
 
 
-def batched_mlp_forward(activation: str, x: Tensor, flat: Tensor, dims: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
+def batched_mlp_forward(
+    activation: str, x: Tensor, layers: Sequence[tuple[Tensor, Tensor]]
+) -> tuple[Tensor, list[Tensor]]:
     """``S`` MLPs at once: per member ``h <- act(h W^T + b)`` as one ``baddbmm`` per layer on ``x (S, B, d)``
-    (no activation after the last); returns the output and every layer's input (for the backward)."""
+    (no activation after the last; ``layers`` as :func:`_layers` gives them); returns the output and every
+    layer's input (for the backward)."""
     scale, act, _ = _FUSED_ACTIVATIONS[activation]
-    layers = _layers(flat, dims)
     hs = [x]
     for i, (w, b) in enumerate(layers):
         if i < len(layers) - 1:
@@ -54,21 +56,20 @@ def batched_mlp_forward(activation: str, x: Tensor, flat: Tensor, dims: Sequence
 class BatchedMLPFunction(torch.autograd.Function):
     """``S`` MLPs with stacked weights as one autograd node with a hand-written backward (the batched form of
     :class:`~policyopt.control.networks._MLPFunction`: ``dW^T = h^T g``, ``db = sum g``,
-    ``g <- (g W) * act'(h)``, each a batched matmul); the parameter gradient comes back as one flat tensor."""
+    ``g <- (g W) * act'(h)``, each a batched matmul); the parameter gradient comes back as one flat tensor.
+    ``layers`` are views of ``flat``'s storage (taken once; optimizer steps update ``flat`` in place)."""
 
     @staticmethod
-    def forward(ctx, activation: str, dims: tuple[int, ...], x: Tensor, flat: Tensor) -> Tensor:
-        out, hs = batched_mlp_forward(activation, x, flat, dims)
-        ctx.activation, ctx.dims = activation, dims
-        ctx.save_for_backward(flat, *hs)
+    def forward(ctx, activation: str, layers: list[tuple[Tensor, Tensor]], x: Tensor, flat: Tensor) -> Tensor:
+        out, hs = batched_mlp_forward(activation, x, layers)
+        ctx.activation, ctx.layers, ctx.S = activation, layers, flat.shape[0]
+        ctx.save_for_backward(*hs)
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        flat, *hs = ctx.saved_tensors
-        layers = _layers(flat, ctx.dims)
+        hs, layers, S = ctx.saved_tensors, ctx.layers, ctx.S
         act_grad = _FUSED_ACTIVATIONS[ctx.activation][2]
-        S = flat.shape[0]
         grads: list[Tensor] = []
         for i in range(len(layers) - 1, -1, -1):
             grads.append(g.sum(1))
@@ -97,6 +98,7 @@ class StackedActorCritic:
         if ref.log_std is not None:
             self.log_std = torch.stack([a.log_std.detach() for a in agents]).requires_grad_()
         self.params = [self.flat["actor"], self.flat["critic"]] + ([self.log_std] if self.log_std is not None else [])
+        self.layers = {name: _layers(self.flat[name].detach(), self.dims[name]) for name in ("actor", "critic")}
 
     @staticmethod
     def _linears(net: nn.Sequential) -> list[tuple[int, nn.Linear]]:
@@ -115,10 +117,9 @@ class StackedActorCritic:
         )
 
     def _run(self, name: str, x: Tensor) -> Tensor:
-        flat, dims = self.flat[name], self.dims[name]
         if torch.is_grad_enabled():
-            return BatchedMLPFunction.apply(self.activation, dims, x, flat)
-        return batched_mlp_forward(self.activation, x, flat, dims)[0]
+            return BatchedMLPFunction.apply(self.activation, self.layers[name], x, self.flat[name])
+        return batched_mlp_forward(self.activation, x, self.layers[name])[0]
 
     def dist_params(self, obs: Tensor) -> Tensor:
         out = self._run("actor", obs)
