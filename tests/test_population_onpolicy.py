@@ -181,3 +181,23 @@ def test_unsupported_configs_get_a_one_line_reason():
     with pytest.raises(policyopt.errors.UserError, match="optimizer"):
         cpop.train_population([_cfg("a2c")], [Path("never-created")])
     assert not Path("never-created").exists()
+
+
+def test_the_array_cartpole_steps_bit_for_bit_as_gymnasium():
+    import numpy as np
+
+    from policyopt.control.array_envs import CartPoleArray
+    from policyopt.control.envs import make_vec_env, seeds_for
+
+    n, seeds = 8, seeds_for(3, 8, 1)
+    ref, arr = make_vec_env("CartPole-v1", n, 0), CartPoleArray(n)
+    obs, _ = ref.reset(seed=seeds)
+    assert np.array_equal(obs, arr.reset(seed=seeds)[0])
+    rng, ends = np.random.default_rng(0), 0
+    for t in range(1500):  # a balancing controller on half the envs reaches the 500-step limit
+        a = np.where(np.arange(n) < 4, (obs[:, 2] + 0.3 * obs[:, 3] > 0).astype(np.int64), rng.integers(0, 2, n))
+        r1, r2 = ref.step(a), arr.step(a)
+        for x, y in zip(r1[:4], r2[:4]):
+            assert np.array_equal(x, y) and x.dtype == y.dtype, t
+        obs, ends = r1[0], ends + int(r1[3].sum())
+    assert ends > 0  # truncations happened

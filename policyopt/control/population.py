@@ -3,10 +3,11 @@ one process, every kernel launch serving all of them.
 
 Members share the config except their ``seed`` and the per-member hyper-parameters :data:`PER_MEMBER`. What is
 batched: the forward passes (one ``baddbmm`` per layer for all members, :mod:`policyopt.control.stacked`), the
-environments (one Gymnasium vector env of ``S * num_envs`` sub-envs; member ``k`` owns sub-envs
-``k*N .. k*N+N-1``, seeded as its single run seeds its own), the advantages (the estimator on ``(T, S*N)``
-columns, each column independent), the minibatch gather, the loss and its hand-written backward, gradient
-clipping and Adam. What is per member: the random draws (member ``k``'s ``torch.Generator`` continues exactly
+environments (one vector env of ``S * num_envs`` sub-envs; member ``k`` owns sub-envs ``k*N .. k*N+N-1``,
+seeded as its single run seeds its own; environments with an array form, such as CartPole-v1, step all sub-envs
+in a few NumPy operations, bit for bit as Gymnasium steps them: :mod:`policyopt.control.array_envs`), the
+advantages (the estimator on ``(T, S*N)`` columns, each column independent), the minibatch gather, the loss and
+its hand-written backward, gradient clipping and Adam. What is per member: the random draws (member ``k``'s ``torch.Generator`` continues exactly
 the global stream a single run with seed ``k`` draws from, in the same order: network initialization, action
 noise, minibatch permutations), the learning rate, entropy coefficient and clip range, the gradient norm,
 advantage normalization, loss aggregation (each member's loss over its own valid steps; the sum over members
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
 from policyopt.control import evaluation
+from policyopt.control.array_envs import array_vec_env
 from policyopt.control.envs import AutoresetTracker, make_vec_env, seeds_for
 from policyopt.control.episodes import EpisodeLog
 from policyopt.control.kl_control import TRUST_REGIONS
@@ -118,7 +120,9 @@ class PopulationTrainer(Phases):
     def __init__(self, cfgs: list[OnPolicyConfig], pop: PopulationRun):
         cfg = self.cfg = cfgs[0]
         self.cfgs, self.S, self.N, self.T = cfgs, len(cfgs), cfg.num_envs, cfg.n_steps
-        self.envs = make_vec_env(cfg.env_id, self.S * self.N, cfg.seed, cfg.vectorization, cfg.env_kwargs)
+        self.envs = (
+            array_vec_env(cfg.env_id, self.S * self.N, cfg.env_kwargs) if cfg.vectorization == "sync" else None
+        ) or make_vec_env(cfg.env_id, self.S * self.N, cfg.seed, cfg.vectorization, cfg.env_kwargs)
         space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         agents = []
         for m, c in zip(pop.members, cfgs):
