@@ -8,7 +8,8 @@ Layout (``C`` = cores, ``--cores``, default ``os.cpu_count()``; every process us
   each process training its share as one population (``policyopt.control.population.train_population``);
 - policyopt single: one single-seed run, to compare the population's wall-clock with.
 
-Wall-clock is end to end (process start to the last result), the same on both sides. The arithmetic floor is the
+Wall-clock is end to end (process start to the last result), the same on both sides; the training time measured
+inside each process (no interpreter start, imports or evaluation) is reported too. The arithmetic floor is the
 float32 multiply-adds of the networks per environment step (rollout forward + the update's forward and backward)
 at this core's measured matmul rate, times steps times seeds, divided by ``C``.
 
@@ -51,7 +52,11 @@ def worker_population(seeds: list[int], steps: int) -> dict:
         raise SystemExit(f"population not supported: {reason}")
     with tempfile.TemporaryDirectory() as d:
         res = train_population(cfgs, [Path(d) / f"s{s}" for s in seeds])
-    return {"seeds": seeds, "eval_returns": [r["eval_return_mean"] for r in res]}
+    return {
+        "seeds": seeds,
+        "eval_returns": [r["eval_return_mean"] for r in res],
+        "train_seconds": max(r["train_seconds"] for r in res),
+    }
 
 
 def worker_single(seed: int, steps: int) -> dict:
@@ -59,7 +64,7 @@ def worker_single(seed: int, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as d:
         res = train(_cfg(seed, steps), d)
-    return {"seeds": [seed], "eval_returns": [res["eval_return_mean"]]}
+    return {"seeds": [seed], "eval_returns": [res["eval_return_mean"]], "train_seconds": res["train_seconds"]}
 
 
 def worker_sb3(seed: int, steps: int) -> dict:
@@ -67,7 +72,7 @@ def worker_sb3(seed: int, steps: int) -> dict:
 
     ref.STEPS = steps
     r = ref.run_sb3(seed)
-    return {"seeds": [seed], "eval_returns": [r["eval_return"]]}
+    return {"seeds": [seed], "eval_returns": [r["eval_return"]], "train_seconds": r["seconds"]}
 
 
 def _launch(args: list[str]) -> subprocess.Popen:
@@ -175,6 +180,11 @@ def main() -> None:
         "sb3_seconds": None if sb3_s is None else round(sb3_s, 2),
         "ratio_sb3_over_population": None if sb3_s is None else round(sb3_s / pop_s, 2),
         "ratio_population_over_single": round(pop_s / single_s, 2),
+        "train_seconds_in_process": {
+            "population_per_process": [r["train_seconds"] for r in pop],
+            "single": single[0]["train_seconds"],
+            "sb3_per_seed": [r["train_seconds"] for r in sb3],
+        },
         "member_eval_returns": {str(s): members[s] for s in seeds},
         "all_members_500": all(v >= 500 for v in members.values()),
         "single_eval_return": single[0]["eval_returns"][0],
