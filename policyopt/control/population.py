@@ -1,5 +1,5 @@
-"""Populations of seeds for the on-policy trainer: ``S`` members (PPO, A2C-style ``pg`` with Adam, REINFORCE) in
-one process, every kernel launch serving all of them.
+"""Populations of seeds for the on-policy trainer: ``S`` members (the PPO, A2C and REINFORCE presets) in one
+process, every kernel launch serving all of them.
 
 Members share the config except their ``seed`` and the per-member hyper-parameters :data:`PER_MEMBER`. What is
 batched: the forward passes (one ``baddbmm`` per layer for all members, :mod:`policyopt.control.stacked`), the
@@ -7,13 +7,15 @@ environments (one vector env of ``S * num_envs`` sub-envs; member ``k`` owns sub
 seeded as its single run seeds its own; environments with an array form, such as CartPole-v1, step all sub-envs
 in a few NumPy operations, bit for bit as Gymnasium steps them: :mod:`policyopt.control.array_envs`), the
 advantages (the estimator on ``(T, S*N)`` columns, each column independent), the minibatch gather, the loss and
-its hand-written backward, gradient clipping and Adam. What is per member: the random draws (member ``k``'s ``torch.Generator`` continues exactly
-the global stream a single run with seed ``k`` draws from, in the same order: network initialization, action
-noise, minibatch permutations), the learning rate, entropy coefficient and clip range, the gradient norm,
-advantage normalization, loss aggregation (each member's loss over its own valid steps; the sum over members
-gives each member its own gradient), target-KL early stopping (a stopped member takes no further optimizer
-step: its Adam update is masked) and the normalizers. Member ``k`` therefore follows its single run with seed
-``k`` up to float32 rounding (batched and plain matrix products may round differently).
+its hand-written backward, gradient clipping and the optimizer (Adam or RMSprop).
+
+What is per member: the random draws (member ``k``'s ``torch.Generator`` continues exactly the global stream a
+single run with seed ``k`` draws from, in the same order: network initialization, action noise, minibatch
+permutations), the learning rate, entropy coefficient and clip range, the gradient norm, advantage
+normalization, loss aggregation (each member's loss over its own valid steps; the sum over members gives each
+member its own gradient), target-KL early stopping (a stopped member takes no further optimizer step: its update
+is masked) and the normalizers. Member ``k`` therefore follows its single run with seed ``k`` up to float32
+rounding (batched and plain matrix products may round differently).
 
 Lifecycle, run directories and checkpoints are :mod:`policyopt.runs.population`'s: each member's directory is a
 single run's, resumable and evaluable as one.
@@ -41,8 +43,8 @@ from policyopt.control.props import SAMPLERS
 from policyopt.control.proximal import ADV_NORMS, PROXIMALS
 from policyopt.control.sampling_error import sampling_error
 from policyopt.control.stacked import (
+    STACKED_OPTIMIZERS,
     StackedActorCritic,
-    StackedAdam,
     StackedObsNormalizer,
     StackedRewardNormalizer,
     clip_grad_norms,
@@ -64,7 +66,7 @@ SUPPORTED = {
     "trust_region": ("none",),
     "adv_norm": ("minibatch", "batch", "none"),
     "sampling_error": ("off", "cheap", False, True),
-    "optimizer": ("adam",),
+    "optimizer": ("adam", "rmsprop"),
     "policy_loss": ("ppo_clip", "pg"),
     "aggregation": ("token-mean",),
     "advantage": ("gae", "mc"),
@@ -134,7 +136,7 @@ class PopulationTrainer(Phases):
             make_optimizer(_OPTIMIZER_KINDS[c.optimizer], a.parameters(), c.learning_rate, eps=c.adam_eps)
             for a, c in zip(agents, cfgs)
         ]
-        self.optimizer = StackedAdam(self.agent, templates, cfg.adam_eps)
+        self.optimizer = STACKED_OPTIMIZERS[cfg.optimizer](self.agent, templates)
         self.obs_dim = int(space.shape[0])
         self.obs_norm = StackedObsNormalizer(self.S, (self.obs_dim,), cfg.norm_obs, cfg.clip_obs)
         self.rew_norm = StackedRewardNormalizer(self.S, self.N, cfg.gamma, cfg.norm_reward, cfg.clip_reward)

@@ -197,36 +197,46 @@ def adam_update(
     p.addcdiv_(m * (lr / bc1).view(shape).float(), denom, value=-1.0)
 
 
-class StackedAdam:
-    """Adam over stacked parameters with a learning rate per member; ``step(lr, members)`` updates only the
-    members in the ``(S,)`` bool mask (the others' parameters, moments and step counts are untouched).
-    Member ``k``'s state dict is that of ``torch.optim.Adam`` over the member's single agent."""
+def rmsprop_update(p: Tensor, g: Tensor, v: Tensor, lr: Tensor, alpha: float, eps: float) -> None:
+    """In place, one RMSprop step (Tieleman & Hinton, 2012, as ``torch.optim.RMSprop`` without momentum) per member
+    row: ``v <- a v + (1-a) g^2``, ``p <- p - lr g / (sqrt(v) + eps)`` with ``lr`` of shape ``(S,)``."""
+    shape = (-1,) + (1,) * (p.dim() - 1)
+    v.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+    p.addcdiv_(g * lr.view(shape).float(), v.sqrt().add_(eps), value=-1.0)
 
-    def __init__(self, stacked: StackedActorCritic, templates: Sequence[torch.optim.Optimizer], eps: float):
+
+class StackedOptimizer:
+    """An optimizer over stacked parameters with a learning rate per member; ``step(lr, members)`` updates only
+    the members in the ``(S,)`` bool mask (the others' parameters, state and step counts are untouched). Member
+    ``k``'s state dict is that of the single run's optimizer (``templates[k]``) over the member's single agent."""
+
+    MOMENTS: tuple[str, ...] = ()
+
+    def __init__(self, stacked: StackedActorCritic, templates: Sequence[torch.optim.Optimizer]):
         self.net, self.params = stacked, stacked.params
         self.templates = list(templates)  # one single-run optimizer per member: its param_groups for checkpoints
-        group = self.templates[0].param_groups[0]
-        self.beta1, self.beta2 = group["betas"]
-        self.eps = eps
-        S = self.params[0].shape[0]
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = torch.zeros(S, dtype=torch.float64)
+        self.group = self.templates[0].param_groups[0]
+        self.moments = {name: [torch.zeros_like(p) for p in self.params] for name in self.MOMENTS}
+        self.steps = torch.zeros(self.params[0].shape[0], dtype=torch.float64)
+
+    def _update(self, p: Tensor, g: Tensor, moments: list[Tensor], steps: Tensor, lr: Tensor) -> None:
+        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, lr: Tensor, members: Tensor) -> None:
-        everyone = bool(members.all())
-        if everyone:
+        if bool(members.all()):
             self.steps += 1
-            for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-                adam_update(p, p.grad, m, v, self.steps, lr, self.beta1, self.beta2, self.eps)
+            for i, p in enumerate(self.params):
+                self._update(p, p.grad, [m[i] for m in self.moments.values()], self.steps, lr)
             return
         idx = torch.nonzero(members).flatten()
         self.steps[idx] += 1
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            ps, ms, vs = p[idx], m[idx], v[idx]
-            adam_update(ps, p.grad[idx], ms, vs, self.steps[idx], lr[idx], self.beta1, self.beta2, self.eps)
-            p[idx], m[idx], v[idx] = ps, ms, vs
+        for i, p in enumerate(self.params):
+            sub, ms = p[idx], [m[i][idx] for m in self.moments.values()]
+            self._update(sub, p.grad[idx], ms, self.steps[idx], lr[idx])
+            p[idx] = sub
+            for m, new in zip(self.moments.values(), ms):
+                m[i][idx] = new
 
     def _member_tensors(self, k: int, stacked: list[Tensor]) -> list[Tensor]:
         """Member ``k``'s slices of per-leaf tensors, as the single agent's parameter list (weights transposed)."""
@@ -244,9 +254,10 @@ class StackedAdam:
         groups = copy.deepcopy(tmpl["param_groups"])
         if not self.steps[k]:
             return {"state": {}, "param_groups": groups}
-        m, v = self._member_tensors(k, self.exp_avg), self._member_tensors(k, self.exp_avg_sq)
+        per = {name: self._member_tensors(k, stacked) for name, stacked in self.moments.items()}
         step = torch.tensor(float(self.steps[k]), dtype=torch.float32)
-        state = {i: {"step": step.clone(), "exp_avg": m[i], "exp_avg_sq": v[i]} for i in range(len(m))}
+        n = len(self.net.template.state_dict())
+        state = {i: {"step": step.clone(), **{name: per[name][i] for name in self.MOMENTS}} for i in range(n)}
         return {"state": state, "param_groups": groups}
 
     @torch.no_grad()
@@ -254,7 +265,7 @@ class StackedAdam:
         self.templates[k].param_groups[0]["lr"] = state["param_groups"][0]["lr"]
         st = state["state"]
         self.steps[k] = float(st[0]["step"]) if st else 0.0
-        for key, stacked in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+        for key, stacked in self.moments.items():
             tensors = [st[i][key] for i in range(len(st))] if st else None
             self._load_member(k, stacked, tensors)
 
@@ -272,6 +283,28 @@ class StackedAdam:
             flat[k] = torch.cat(parts)
         if net.log_std is not None:
             stacked[2][k] = tensors[i]
+
+
+class StackedAdam(StackedOptimizer):
+    """Adam (:func:`adam_update`); member state dicts as ``torch.optim.Adam``'s."""
+
+    MOMENTS = ("exp_avg", "exp_avg_sq")
+
+    def _update(self, p, g, moments, steps, lr):
+        beta1, beta2 = self.group["betas"]
+        adam_update(p, g, moments[0], moments[1], steps, lr, beta1, beta2, self.group["eps"])
+
+
+class StackedRMSprop(StackedOptimizer):
+    """RMSprop (:func:`rmsprop_update`); member state dicts as ``torch.optim.RMSprop``'s."""
+
+    MOMENTS = ("square_avg",)
+
+    def _update(self, p, g, moments, steps, lr):
+        rmsprop_update(p, g, moments[0], lr, self.group["alpha"], self.group["eps"])
+
+
+STACKED_OPTIMIZERS = {"adam": StackedAdam, "rmsprop": StackedRMSprop}
 
 
 @torch.no_grad()
