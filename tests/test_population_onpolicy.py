@@ -65,6 +65,12 @@ def test_each_member_equals_its_single_run(cartpole):
             assert ma[key] == pytest.approx(mb[key], rel=1e-4, abs=1e-5), key
         assert results[k] == pytest.approx({**res, "train_seconds": results[k]["train_seconds"]}, rel=1e-6)
         assert read_info(dirs[k])["status"] == "finished"
+    # a member's directory continues as a single run (more steps) just as the single run's own directory does
+    longer = dataclasses.replace(cfgs[0], total_steps=512)
+    for d in (dirs[0], root / "single0"):
+        train(longer, d, resume=True)
+    _close(_state(dirs[0])["model"], _state(root / "single0")["model"])
+    assert _state(dirs[0])["lifecycle"]["iteration"] == 4
 
 
 def test_a_member_directory_is_an_ordinary_run(cartpole):
