@@ -59,6 +59,7 @@ from policyopt.schedules import Schedule
 
 # config keys that may differ between members (besides ``seed``)
 PER_MEMBER = ("learning_rate", "ent_coef", "loss.clip_eps_low", "loss.clip_eps_high")
+PER_MEMBER_KEYS = PER_MEMBER  # the name policyopt.runs.members reads
 # key -> the values the batched path supports (anything else: population_unsupported names it)
 SUPPORTED = {
     "sampler": ("policy",),
@@ -99,7 +100,7 @@ def population_unsupported(cfgs: list[OnPolicyConfig]) -> str | None:
         if bad:
             return f"config key {key!r}={bad[0]!r} is not batched; supported: {', '.join(map(str, ok))}"
     for key, value in flats[0].items():
-        if key in ("seed", *PER_MEMBER):
+        if key in ("seed", "progress", *PER_MEMBER):
             continue
         others = [f[key] for f in flats[1:] if f[key] != value]
         if others:
@@ -484,4 +485,4 @@ def train_population(
     return execute_population(FAMILY, cfgs, run_dirs, resume, lambda pop: [PopulationTrainer(cfgs, pop)], info=run_info)
 
 
-__all__ = ["PER_MEMBER", "MemberRun", "population_unsupported", "train_population"]
+__all__ = ["PER_MEMBER", "PER_MEMBER_KEYS", "MemberRun", "population_unsupported", "train_population"]
