@@ -41,9 +41,10 @@ def train(
 ) -> dict[str, Any]:
     """Train ``cfg`` (any family's config) into the run directory ``out``, or resume the run there.
     ``algo`` and ``run_info`` are recorded in ``run.json``."""
-    from policyopt.runs.lifecycle import family_of
+    from policyopt.runs.lifecycle import check_launch, family_of
 
     fam = family_of(cfg)
+    check_launch(fam)
     info = {"algo": algo, **run_info} if algo else dict(run_info)
     return fam.load("train")(cfg, Path(out), resume=resume, **info)
 
@@ -51,9 +52,10 @@ def train(
 def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Continue a run from its last checkpoint with its saved config (``total_steps`` extends its budget)."""
     from policyopt.config import resolve
-    from policyopt.runs.lifecycle import load_family
+    from policyopt.runs.lifecycle import check_launch, load_family
 
     fam = load_family(run_dir)
+    check_launch(fam)
     layers: list[dict[str, Any]] = [rundir.read_config(run_dir)]
     if total_steps is not None:
         layers.append({"total_steps": int(total_steps)})

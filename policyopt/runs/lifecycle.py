@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import importlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -214,8 +215,10 @@ class Run:
         seed: int,
         tensorboard: bool = True,
         progress: bool | None = None,
+        writer: bool = True,
     ):
         self.dir = Path(run_dir)
+        self.writer = writer  # False: run the loop, write nothing (a data-parallel rank other than 0)
         self.cfg = cfg
         self.resume = resume
         self.seeds = SeedStreams(seed)
@@ -266,7 +269,8 @@ class Run:
 
     def save(self) -> None:
         """Checkpoint every tracked part, the counters and every RNG (refused if any tensor is non-finite)."""
-        save_checkpoint(self.checkpoint_path, self.state())
+        if self.writer:
+            save_checkpoint(self.checkpoint_path, self.state())
 
     def restore(self) -> None:
         state = load_checkpoint(self.checkpoint_path)
@@ -290,6 +294,9 @@ class Run:
     # -- metrics --
     def open_logger(self, step: int) -> None:
         rows = self._metrics_rows if self.resume else None
+        if not self.writer:
+            self.logger = _NoLogger()
+            return
         self.logger = MetricLogger(
             self.dir,
             self._tensorboard,
@@ -342,6 +349,18 @@ class Run:
             self.log(step, numbers)
         self.last_eval = res
         return res
+
+
+class _NoLogger:
+    """The logger of a run that writes nothing."""
+
+    rows = 0
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        pass
 
 
 def _stacked(values: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -434,7 +453,8 @@ def run_stages(run: Run, stages: Sequence[Stage]) -> dict[str, Any]:
     assert run.logger is not None
     run.logger.close()
     result = last.result(run, final)
-    atomic_write_text(run.dir / "eval.json", json.dumps({**final, "step": step}, indent=2))
+    if run.writer:
+        atomic_write_text(run.dir / "eval.json", json.dumps({**final, "step": step}, indent=2))
     return result
 
 
@@ -447,6 +467,7 @@ class Family:
     config: type
     train: str  # "module:function": train(cfg, run_dir, resume=False) -> dict
     evaluate: str  # "module:function": evaluate(run_dir, episodes=None, video=False, deterministic=True) -> dict
+    data_parallel: bool = False  # trains data-parallel when launched by torchrun (WORLD_SIZE > 1)
 
     def load(self, which: str) -> Callable:
         module, _, fn = (self.train if which == "train" else self.evaluate).partition(":")
@@ -466,6 +487,18 @@ def family_of(cfg_or_class: Any) -> Family:
         f"{cls.__name__} is not the config of a trainer family; valid: "
         f"{', '.join(f.config.__name__ for _, f in FAMILIES.items())}"
     )
+
+
+def check_launch(family: Family) -> None:
+    """Refuse a launch of ``WORLD_SIZE`` > 1 processes (torchrun) for a family that does not train data-parallel
+    (each process would train the whole run into the same directory)."""
+    size = os.environ.get("WORLD_SIZE", "1")
+    if size.strip() != "1" and not family.data_parallel:
+        families = [n for n, f in FAMILIES.items() if f.data_parallel]
+        raise UserError(
+            f"WORLD_SIZE={size}: the {family.name!r} trainer family does not train data-parallel; "
+            f"run it in one process (data-parallel families: {families})"
+        )
 
 
 def load_family(run_dir: str | Path) -> Family:
@@ -516,32 +549,40 @@ def execute(
     tensorboard: bool | None = None,
     progress: Any = _FROM_CONFIG,
     info: Mapping[str, Any] | None = None,
+    writer: bool = True,
 ) -> dict[str, Any]:
     """Prepare (or reopen) ``run_dir``, build the stages, restore state on resume, run, record the status.
 
     A fresh run writes ``config.yaml`` and ``run.json`` first, so every run directory, however it was
     started (CLI, bench, Python), can be evaluated and resumed. ``resume`` of a run that died before its
     first checkpoint starts it afresh with its saved config. ``seed``, ``tensorboard`` and ``progress``
-    default to the config's fields of those names, and the config's ``threads`` (if any) sets torch's."""
+    default to the config's fields of those names, and the config's ``threads`` (if any) sets torch's. A process
+    with ``writer`` False (a data-parallel rank other than 0) runs the same loop, resumes from the same
+    checkpoint and writes nothing."""
     seed = int(cfg.seed) if seed is None else seed
     tensorboard = bool(getattr(cfg, "tensorboard", True)) if tensorboard is None else tensorboard
-    progress = getattr(cfg, "progress", None) if progress is _FROM_CONFIG else progress
+    progress = (getattr(cfg, "progress", None) if progress is _FROM_CONFIG else progress) if writer else False
     if getattr(cfg, "threads", None):
         torch.set_num_threads(int(cfg.threads))
     run_dir = Path(run_dir)
     fresh_dir = not run_dir.exists() or not any(run_dir.iterdir())
+
+    def write_info(**fields: Any) -> None:
+        if writer:
+            rundir.write_info(run_dir, **fields)
+
     if resume:
         rundir.read_info(run_dir)
-        remove_stale_temporaries(run_dir)
         resume = rundir.checkpoint_path(run_dir).exists()
-        if not resume:
+        if writer:
+            remove_stale_temporaries(run_dir)
+        if writer and not resume:
             _clear_partial(run_dir)
-    else:
+    elif writer:
         rundir.prepare_new(run_dir)
-    rundir.write_config(run_dir, cfg)
-    rundir.write_info(
-        run_dir, family=family.name, module=type(cfg).__module__, status="running", error=None, **dict(info or {})
-    )
+    if writer:
+        rundir.write_config(run_dir, cfg)
+    write_info(family=family.name, module=type(cfg).__module__, status="running", error=None, **dict(info or {}))
     old = signal.getsignal(signal.SIGTERM)
     installed = False
     run: Run | None = None
@@ -551,13 +592,13 @@ def execute(
             installed = True
         except ValueError:  # not the main thread: leave SIGTERM alone
             pass
-        run = Run(run_dir, cfg, resume=resume, seed=seed, tensorboard=tensorboard, progress=progress)
+        run = Run(run_dir, cfg, resume=resume, seed=seed, tensorboard=tensorboard, progress=progress, writer=writer)
         stages = build(run)
         if resume:
             run.restore()
         result = run_stages(run, stages)
     except KeyboardInterrupt:
-        rundir.write_info(run_dir, status="interrupted")
+        write_info(status="interrupted")
         raise
     except UserError:
         # bad input found while building (an environment that cannot be made, a model that cannot be
@@ -565,17 +606,18 @@ def execute(
         if fresh_dir and not resume and not rundir.checkpoint_path(run_dir).exists():
             if run is not None and run.logger is not None:
                 run.logger.close()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if writer:
+                shutil.rmtree(run_dir, ignore_errors=True)
         else:
-            rundir.write_info(run_dir, status="failed", error="bad input")
+            write_info(status="failed", error="bad input")
         raise
     except BaseException as e:
-        rundir.write_info(run_dir, status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        write_info(status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
     finally:
         if installed:
             signal.signal(signal.SIGTERM, old)
-    rundir.write_info(run_dir, status="finished")
+    write_info(status="finished")
     return result
 
 
