@@ -166,17 +166,19 @@ def test_torchrun_cli_run_equals_one_process_run(tmp_path):
     from safetensors.torch import load_file
 
     sets = ["sft_steps=0", "eval_size=8", "eval_k=1", "prompts_per_step=4", "group_size=4", "temperature=1.0"]
-    sets += ["lr_schedule=constant", "learning_rate=0.001", "rewards={test_lm_distributed:digit_fraction: 1.0}"]
+    # a small learning rate: the 1-process micro-batches mix the shards' rows (a random permutation), and
+    # AdamW turns the float32 rounding of a differently ordered sum into ~4e-6 at learning_rate=1e-3
+    sets += ["lr_schedule=constant", "learning_rate=5e-5", "rewards={test_lm_distributed:digit_fraction: 1.0}"]
     args = [a for s in sets for a in ("--set", s)] + ["--total-steps", "2", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     env.pop("WORLD_SIZE", None)
     cli = ["-m", "policyopt.cli.main", "train", "grpo"]
     run2, run1 = tmp_path / "two" / "run", tmp_path / "one" / "run"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     p = subprocess.run([*torchrun, *cli, "--out", str(run2), *args], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     p = subprocess.run(
-        [sys.executable, *cli, "--out", str(run1), *args, "--set", "rollout_shards=2"],
+        [sys.executable, *cli, "--out", str(run1), *args, "--set", "rollout_shards=2", "--set", "micro_batch_size=8"],
         env=env,
         capture_output=True,
         text=True,
@@ -186,5 +188,12 @@ def test_torchrun_cli_run_equals_one_process_run(tmp_path):
     w2, w1 = (load_file(str(r / "model" / "model.safetensors")) for r in (run2, run1))
     assert w2.keys() == w1.keys()
     assert max(float((w2[k] - w1[k]).abs().max()) for k in w1) < 1e-6
-    rows = (run2 / "metrics.csv").read_text().splitlines()
-    assert len(rows) == len((run1 / "metrics.csv").read_text().splitlines())  # rank 0 alone wrote the metrics
+    rows2, rows1 = ((r / "metrics.csv").read_text().splitlines() for r in (run2, run1))
+    assert len(rows2) == len(rows1)  # rank 0 alone wrote the metrics
+    values = [{(r[0], r[2]): float(r[3]) for r in (x.split(",") for x in rows[1:])} for rows in (rows2, rows1)]
+    for key in [k for k in values[1] if k[1] in ("reward/mean", "stats/grad_norm", "select/train_batch")]:
+        assert values[0][key] == pytest.approx(values[1][key], rel=1e-5), key  # global statistics
+    from policyopt.lm.trainer import build_parts
+
+    start = build_parts(LMConfig(**BASE)).model.state_dict()
+    assert max(float((w1[k] - start[k]).abs().max()) for k in w1 if k in start) > 5e-5  # the run trained

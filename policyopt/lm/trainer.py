@@ -529,8 +529,8 @@ class RL(Phases):
     def update(self, run: Run, collected) -> dict[str, Any]:
         metrics, batch = update_step(self.parts, *collected)
         if batch is not None:
-            self.reward = float(batch.rollout.rewards.mean())
-            truncated = float(batch.rollout.truncated.float().mean())
+            self.reward = float(metrics["reward/mean"])
+            truncated = float(metrics["completion/truncation_rate"])
             if truncated > 0.5 and not run.counters.get("truncation_warned"):
                 warnings.warn(
                     f"RL step {run.iteration}: {truncated:.0%} of the completions hit max_new_tokens="
