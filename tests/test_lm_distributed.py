@@ -132,6 +132,23 @@ def _initial_params() -> list[torch.Tensor]:
     return [p.detach().clone() for p in build_parts(cfg).params]
 
 
+def test_only_rank_0_writes_and_every_rank_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from policyopt.lm.trainer import train
+
+    cfg = LMConfig(**{**BASE, "total_steps": 1, "eval_k": 1, "tensorboard": False})
+    not_main = D.World(rank=1, size=1)  # a rank other than 0 (collectives of one process)
+    monkeypatch.setattr(D, "world", lambda: not_main)
+    assert train(cfg, tmp_path / "r1")["steps"] == 1
+    assert not (tmp_path / "r1").exists()  # it ran the whole loop and wrote nothing
+    monkeypatch.setattr(D, "world", lambda: D.World())
+    train(cfg, tmp_path / "r0")
+    files = {p: p.read_bytes() for p in (tmp_path / "r0").rglob("*") if p.is_file()}
+    monkeypatch.setattr(D, "world", lambda: not_main)
+    cfg.total_steps = 2
+    assert train(cfg, tmp_path / "r0", resume=True)["steps"] == 2  # restored step 1 from rank 0's checkpoint
+    assert {p: p.read_bytes() for p in (tmp_path / "r0").rglob("*") if p.is_file()} == files
+
+
 def test_shards_are_disjoint_slices_of_the_step_prompts():
     world = [D.World(rank=r, size=2) for r in range(2)]
     assert D.my_shards(8, 0, D.World()) == [(None, slice(0, 8))]
