@@ -72,7 +72,7 @@ def train_population(
     the ordinary single-run path. ``note`` receives one line saying which (default: printed to stderr). With
     ``resume`` a member that already finished with its config is not trained again and the others continue."""
     from policyopt.runs import members
-    from policyopt.runs.lifecycle import family_of
+    from policyopt.runs.lifecycle import check_launch, family_of
 
     if isinstance(cfgs, tuple) and len(cfgs) == 2 and not hasattr(cfgs[1], "__dataclass_fields__"):
         base, seeds = cfgs
@@ -86,6 +86,7 @@ def train_population(
     if not cfgs:
         raise UserError("a population needs at least one member")
     fam = family_of(cfgs[0])
+    check_launch(fam, population=True)
     members.check_members(cfgs, dirs, members.per_member_keys(fam))
     if not resume:  # refuse before any member trains
         for d in dirs:

@@ -496,10 +496,12 @@ def family_of(cfg_or_class: Any) -> Family:
     )
 
 
-def check_launch(family: Family) -> None:
+def check_launch(family: Family, population: bool = False) -> None:
     """Refuse a launch of ``WORLD_SIZE`` > 1 processes (torchrun) for a family that does not train data-parallel
-    (each process would train the whole run into the same directory)."""
+    (each process would train the whole run into the same directory), or for a population."""
     size = os.environ.get("WORLD_SIZE", "1")
+    if size.strip() != "1" and population:
+        raise UserError(f"WORLD_SIZE={size}: a population (--seeds) does not train data-parallel; train its members")
     if size.strip() != "1" and not family.data_parallel:
         families = [n for n, f in FAMILIES.items() if f.data_parallel]
         raise UserError(
