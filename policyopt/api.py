@@ -44,9 +44,10 @@ def train(
 ) -> dict[str, Any]:
     """Train ``cfg`` (any family's config) into the run directory ``out``, or resume the run there.
     ``algo`` and ``run_info`` are recorded in ``run.json``."""
-    from policyopt.runs.lifecycle import family_of
+    from policyopt.runs.lifecycle import check_launch, family_of
 
     fam = family_of(cfg)
+    check_launch(fam)
     info = {"algo": algo, **run_info} if algo else dict(run_info)
     return fam.load("train")(cfg, Path(out), resume=resume, **info)
 
@@ -71,7 +72,7 @@ def train_population(
     the ordinary single-run path. ``note`` receives one line saying which (default: printed to stderr). With
     ``resume`` a member that already finished with its config is not trained again and the others continue."""
     from policyopt.runs import members
-    from policyopt.runs.lifecycle import family_of
+    from policyopt.runs.lifecycle import check_launch, family_of
 
     if isinstance(cfgs, tuple) and len(cfgs) == 2 and not hasattr(cfgs[1], "__dataclass_fields__"):
         base, seeds = cfgs
@@ -85,6 +86,7 @@ def train_population(
     if not cfgs:
         raise UserError("a population needs at least one member")
     fam = family_of(cfgs[0])
+    check_launch(fam, population=True)
     members.check_members(cfgs, dirs, members.per_member_keys(fam))
     if not resume:  # refuse before any member trains
         for d in dirs:
@@ -98,9 +100,10 @@ def train_population(
 def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Continue a run from its last checkpoint with its saved config (``total_steps`` extends its budget)."""
     from policyopt.config import resolve
-    from policyopt.runs.lifecycle import load_family
+    from policyopt.runs.lifecycle import check_launch, load_family
 
     fam = load_family(run_dir)
+    check_launch(fam)
     layers: list[dict[str, Any]] = [rundir.read_config(run_dir)]
     if total_steps is not None:
         layers.append({"total_steps": int(total_steps)})

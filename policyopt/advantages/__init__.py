@@ -59,7 +59,9 @@ class AdvantageEstimator(Protocol):
     def __call__(self, x: AdvantageInputs, cfg: AdvantageConfig) -> tuple[Tensor, Tensor | None]: ...
 
 
-ADVANTAGES: Registry[AdvantageEstimator] = Registry("advantage estimator", needs=(), min_group_size=1, level="sequence")
+ADVANTAGES: Registry[AdvantageEstimator] = Registry(
+    "advantage estimator", needs=(), min_group_size=1, level="sequence", scope="batch"
+)
 
 
 def _estimator(name: str, needs: tuple[str, ...] = (), **meta) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
@@ -103,19 +105,19 @@ def mc_raw(x: AdvantageInputs, cfg: AdvantageConfig):
     return ret, ret
 
 
-@_estimator("grpo", needs=("group_ids",), min_group_size=2)
+@_estimator("grpo", needs=("group_ids",), min_group_size=2, scope="group")
 def grpo(x: AdvantageInputs, cfg: AdvantageConfig):
     """Group mean/std normalized reward (GRPO, DeepSeekMath 2024)."""
     return _tokens(F.group_relative(x.rewards, x.group_ids, True, cfg.std_eps), x), None
 
 
-@_estimator("dr_grpo", needs=("group_ids",), min_group_size=2)
+@_estimator("dr_grpo", needs=("group_ids",), min_group_size=2, scope="group")
 def dr_grpo(x: AdvantageInputs, cfg: AdvantageConfig):
     """Group mean-centred reward without std scaling (Dr. GRPO, Liu et al. 2025)."""
     return _tokens(F.group_relative(x.rewards, x.group_ids, False), x), None
 
 
-@_estimator("rloo", needs=("group_ids",), min_group_size=2)
+@_estimator("rloo", needs=("group_ids",), min_group_size=2, scope="group")
 def rloo(x: AdvantageInputs, cfg: AdvantageConfig):
     """Leave-one-out baseline (RLOO, Ahmadian et al. 2024)."""
     return _tokens(F.leave_one_out(x.rewards, x.group_ids), x), None

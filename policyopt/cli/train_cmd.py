@@ -48,13 +48,25 @@ def run(args) -> int:
         nonlocal run_dir
         tag = str(getattr(cfg, algo.target_key, None) or "run")
         run_dir = Path(args.out) if args.out else rundir.default_run_dir(args.algo, tag, getattr(cfg, "seed", 0))
-        rundir.check_new_run_dir(run_dir)
+        run_dir, main_rank = _agreed(run_dir)
+        if main_rank:  # rank 0 creates it; the other ranks of a torchrun launch take its name
+            rundir.check_new_run_dir(run_dir)
 
     algo, cfg = checked_config(args, check_out)
     assert run_dir is not None
     if total_steps_was_set(args):
         _warn_rounding(cfg)
     return _report(api.train(cfg, run_dir, algo=args.algo), run_dir)
+
+
+def _agreed(run_dir: Path) -> tuple[Path, bool]:
+    """``(rank 0's run directory, whether this is rank 0)``; a single process is rank 0."""
+    from policyopt.lm import distributed
+
+    if distributed.launch_size() == 1:
+        return run_dir, True
+    world = distributed.world()
+    return Path(world.broadcast_object(str(run_dir))), world.is_main
 
 
 def _warn_rounding(cfg) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from policyopt.advantages import ADVANTAGES
 from policyopt.config import finite_number, in_range, nonneg, opt, optional, positive
 from policyopt.errors import UserError
-from policyopt.lm import algorithms, selection  # noqa: F401  (algorithms registers opmd/asymre/bnpo/spo)
+from policyopt.lm import algorithms, distributed, selection  # noqa: F401  (algorithms registers opmd/asymre/bnpo/spo)
 from policyopt.lm.backends import check_backend_name
 from policyopt.lm.runtime import DTYPES, check_device_name
 from policyopt.lm.tasks import check_task
@@ -56,6 +56,13 @@ class LMConfig:
     temperature: float = opt(0.7, "sampling temperature (train-time log-probs use the same)", check=positive)
     top_p: float = opt(1.0, "nucleus sampling p", check=in_range(0, 1, lo_open=True))
     max_new_tokens: int = opt(6, "max completion tokens", check=positive)
+    rollout_shards: int = opt(
+        0,
+        "generate each RL step's prompts in this many contiguous shards, shard k from its own random stream "
+        "(seed, step, k), so a 1-process run with rollout_shards=N draws what N data-parallel ranks draw (0 = one "
+        "shard per torchrun rank; in one process, one batch from the process-global generator)",
+        check=nonneg,
+    )
     stop: list[str] = opt([], "stop strings (besides EOS)")
     # advantages and loss
     advantage: str = opt("grpo", "advantage estimator", choices=ADVANTAGES)
@@ -197,6 +204,7 @@ class LMConfig:
             raise UserError("config keys 'overlong_buffer' and 'overlong_buffer_frac' are both set; set one")
         if selection.overlong_buffer(self) >= self.max_new_tokens:
             raise UserError(f"config key 'overlong_buffer'={self.overlong_buffer} must be < max_new_tokens")
+        distributed.check_config(self, distributed.launch_size())
         for k, v in self.rewards.items():
             if finite_number(v) is None:
                 raise UserError(f"config key 'rewards.{k}' must be a finite number (a reward weight), got {v!r}")
@@ -204,5 +212,5 @@ class LMConfig:
 
 
 FAMILY = FAMILIES.register(
-    "lm", Family("lm", LMConfig, "policyopt.lm.trainer:train", "policyopt.lm.trainer:evaluate_run")
+    "lm", Family("lm", LMConfig, "policyopt.lm.trainer:train", "policyopt.lm.trainer:evaluate_run", data_parallel=True)
 )

@@ -13,7 +13,9 @@ Each entry of :data:`SELECTORS` carries metadata, read with ``SELECTORS.meta(nam
 - ``active``: ``cfg -> bool``, whether the config keys turn it on (``dynamic_sampling=True``, ``cppo_keep=4``...);
 - ``refills``: the trainer keeps generating (up to ``max_gen_batches``) while the rows kept by the generation
   stage fall short of the target batch;
-- ``prompts``: ``(cfg, n) -> int``, how many prompts to draw for a nominal ``n`` (CPPO draws more).
+- ``prompts``: ``(cfg, n) -> int``, how many prompts to draw for a nominal ``n`` (CPPO draws more);
+- ``scope``: ``"group"`` when it reads only a row or its prompt group (a data-parallel rank can run it on its
+  shard), ``"batch"`` when it reads the whole batch (refills, batch-wide top-k, the per-prompt tracker).
 
 The order is ``cfg.selectors`` when set, else :data:`DEFAULT_ORDER` restricted to the active entries; within a
 stage selectors run in that order (see ``docs/lm.md``).
@@ -110,7 +112,7 @@ def _no(cfg) -> bool:
 
 
 SELECTORS: Registry[Selector] = Registry(
-    "data selector", stage="advantage", needs=(), active=_no, refills=False, prompts=_same
+    "data selector", stage="advantage", needs=(), active=_no, refills=False, prompts=_same, scope="group"
 )
 
 DEFAULT_ORDER = (
@@ -137,7 +139,12 @@ def _d3s_tokens_on(cfg) -> bool:
 
 # ----- generation stage ---------------------------------------------------------------------------
 @SELECTORS.register(
-    "dynamic_sampling", stage="generation", needs=("groups",), refills=True, active=lambda c: c.dynamic_sampling
+    "dynamic_sampling",
+    stage="generation",
+    needs=("groups",),
+    refills=True,
+    active=lambda c: c.dynamic_sampling,
+    scope="batch",
 )
 def dynamic_sampling(batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     """DAPO dynamic sampling: drop the groups whose rewards are all equal (the trainer refills)."""
@@ -178,7 +185,7 @@ def _cppo_prompts(cfg, n: int) -> int:
     return A.cppo_prompts(n, cfg.group_size, cfg.cppo_keep)
 
 
-@SELECTORS.register("cppo", prompts=_cppo_prompts, active=lambda c: c.cppo_keep > 0)
+@SELECTORS.register("cppo", prompts=_cppo_prompts, active=lambda c: c.cppo_keep > 0, scope="batch")
 def cppo(batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     """CPPO: keep the ``floor(N keep / G)`` completions of the batch with the largest ``|A|``."""
     keep = A.cppo_select(_seq_adv(batch), ctx.cfg.cppo_keep, ctx.cfg.group_size)
@@ -192,7 +199,7 @@ def d3s(batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     return batch.select(A.d3s_select(_seq_adv(batch), batch.rollout.group_ids, ctx.cfg.d3s_keep))
 
 
-@SELECTORS.register("d3s_tokens", needs=("entropy",), active=_d3s_tokens_on)
+@SELECTORS.register("d3s_tokens", needs=("entropy",), active=_d3s_tokens_on, scope="batch")
 def d3s_tokens(batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     """D^3S token level: only the top ``|A| * H`` tokens carry loss, keep ratio annealed over the RL steps."""
     cfg = ctx.cfg
@@ -203,7 +210,7 @@ def d3s_tokens(batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     return dataclasses.replace(batch, mask=mask)
 
 
-@SELECTORS.register("forking_tokens", needs=("entropy",), active=lambda c: c.forking_top_frac > 0)
+@SELECTORS.register("forking_tokens", needs=("entropy",), active=lambda c: c.forking_top_frac > 0, scope="batch")
 def forking_tokens(batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     """80/20: only the top ``forking_top_frac`` highest-entropy tokens carry loss; ``forking_norm="selected"``
     normalizes the loss by the selected tokens, ``"all"`` by all completion tokens."""
@@ -220,7 +227,7 @@ def _needs_values(cfg) -> bool:
     return "values" in ADVANTAGES.meta(cfg.advantage)["needs"]
 
 
-@SELECTORS.register("value_tracker", stage="update", needs=("values", "score"), active=_needs_values)
+@SELECTORS.register("value_tracker", stage="update", needs=("values", "score"), active=_needs_values, scope="batch")
 def value_tracker(batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     """SPO tracker update after the policy step: each prompt's drift ``D`` is measured on its stored response
     (log-probs stored after the step that trained on it vs. now), then ``(a, b)`` are discounted by ``rho(D)``

@@ -26,6 +26,7 @@ from torch import Tensor
 from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
 from policyopt.errors import UserError
 from policyopt.lm import algorithms as A
+from policyopt.lm import distributed as D
 from policyopt.lm import selection as S
 from policyopt.lm.backends import GenerationBackend, make_backend
 from policyopt.lm.config import FAMILY, LMConfig
@@ -165,6 +166,7 @@ class LMParts:
     ref: Reference | None = None
     gen_kw: dict = field(default_factory=dict)
     warned_shortfall: bool = False
+    world: D.World = field(default_factory=D.World)  # the data-parallel ranks (one process: the identity)
     backend: GenerationBackend | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
@@ -201,7 +203,7 @@ class LMParts:
         return logp, cmask
 
 
-def build_parts(cfg: LMConfig) -> LMParts:
+def build_parts(cfg: LMConfig, world: D.World | None = None) -> LMParts:
     task, tok, rewards, acc_idx, model = setup(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel for all tensors (the default per-tensor loop costs ~1 ms a step on the tiny model)
@@ -229,6 +231,7 @@ def build_parts(cfg: LMConfig) -> LMParts:
         backend=backend,
         device=device,
         dtype=dtype,
+        world=world or D.World(),
     )
 
 
@@ -252,25 +255,14 @@ def collect(parts: LMParts, rng: np.random.Generator, ctx: SelectionContext) -> 
     while n_gen < (cfg.max_gen_batches if refill else 1) and sum(len(b) for b in kept) < target:
         n_gen += 1
         idx = _draw_prompts(parts, rng, n_prompts)
-        rows = [parts.task.train[i] for i in idx]
-        prompts, backend = [r["prompt"] for r in rows], parts.generation_backend()
-        ro = generate(
-            parts.model,
-            parts.tok,
-            prompts,
-            torch.as_tensor(idx),
-            n_groups,
-            cfg.group_size,
-            **parts.gen_kw,
-            backend=backend,
-        )
-        n_groups += len(rows)
+        ro = _generate_shards(parts, idx, n_groups, f"{ctx.step}/{n_gen}")
+        n_groups += len(idx)
         rrows = [parts.task.train[i] for i in ro.prompt_index.tolist()]
         ro = ro.scored(*parts.rewards([r["prompt"] for r in rrows], ro.completions, _fields(rrows)))
         zero_var.append(1 - A.informative_groups(ro.rewards, ro.group_ids).float().mean())
         kept.append(S.run_stage(parts.selectors, "generation", LMBatch.of(ro), ctx))
     batch = LMBatch.cat(kept)
-    ctx.metrics["groups/zero_variance_frac"] = torch.stack(zero_var).mean()
+    ctx.metrics["groups/zero_variance_frac"] = parts.world.mean(torch.stack(zero_var).mean())
     ctx.metrics["groups/gen_batches"] = float(n_gen)
     if refill:
         batch = batch.select(torch.arange(min(len(batch), target)))
@@ -285,6 +277,18 @@ def collect(parts: LMParts, rng: np.random.Generator, ctx: SelectionContext) -> 
                 stacklevel=2,
             )
     return batch
+
+
+def _generate_shards(parts: LMParts, idx: np.ndarray, n_groups: int, draw: str) -> Rollout:
+    """``G`` completions for this rank's rollout shards of the drawn prompts ``idx`` (all of them in one process
+    without ``rollout_shards``); shard ``k`` samples from the stream ``generation/{draw}/{k}``."""
+    out, seeds, kw = [], SeedStreams(parts.cfg.seed), dict(parts.gen_kw, backend=parts.generation_backend())
+    for k, sl in D.my_shards(len(idx), parts.cfg.rollout_shards, parts.world):
+        with D.generation_rng(None if k is None else seeds.seed(f"generation/{draw}/{k}")):
+            prompts = [parts.task.train[i]["prompt"] for i in idx[sl]]
+            g0, G = n_groups + sl.start, parts.cfg.group_size
+            out.append(generate(parts.model, parts.tok, prompts, torch.as_tensor(idx[sl]), g0, G, **kw))
+    return out[0] if len(out) == 1 else Rollout.cat(out)
 
 
 def _on_policy(parts: LMParts) -> bool:
@@ -323,7 +327,8 @@ def prepare(parts: LMParts, batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     cfg = parts.cfg
     batch = _token_tensors(parts, batch)
     if batch.old_logp is not None:
-        ctx.metrics["stats/logp_mismatch"] = masked_mean((batch.old_logp - batch.sampler_logp).abs(), batch.cmask)
+        g = parts.world.cat
+        ctx.metrics["stats/logp_mismatch"] = masked_mean(g((batch.old_logp - batch.sampler_logp).abs()), g(batch.cmask))
     if cfg.bypass:
         batch.old_logp = batch.sampler_logp
     ro = batch.rollout
@@ -340,7 +345,7 @@ def prepare(parts: LMParts, batch: LMBatch, ctx: SelectionContext) -> LMBatch:
         ain.token_kl, ain.kl_coef = (batch.old_logp - batch.ref_logp) * batch.cmask, cfg.beta
     adv, _ = ADVANTAGES.get(cfg.advantage)(ain, AdvantageConfig(gamma=cfg.gamma, std_eps=cfg.std_eps))
     batch.adv = adv[:, None] * batch.cmask if adv.dim() == 1 else adv
-    ctx.metrics["select/rollout_batch"] = float(len(batch))
+    ctx.metrics["select/rollout_batch"] = parts.world.count(len(batch))
     return S.run_stage(parts.selectors, "advantage", batch, ctx)
 
 
@@ -448,7 +453,7 @@ def optimize(parts: LMParts, b: LMBatch) -> dict[str, list]:
     for _epoch in range(cfg.epochs):
         perm = torch.randperm(len(b))
         for mb in torch.tensor_split(perm, min(cfg.mini_batches, len(b))):
-            agg = Aggregator.for_batch(cfg.aggregation, denom[mb], cfg.const_len or cfg.max_new_tokens)
+            agg = parts.world.aggregator(cfg.aggregation, denom[mb], cfg.const_len or cfg.max_new_tokens)
             parts.opt.zero_grad(set_to_none=True)
             for mic in _micro_batches(cfg, b.attn, mb):
                 a = agg if d.denom_mask is None else _DenomAggregator(agg, denom[mic])
@@ -458,6 +463,7 @@ def optimize(parts: LMParts, b: LMBatch) -> dict[str, list]:
                     b.old_logp[mic], b.entropy[mic] = logp.to(b.old_logp.device), ent.to(b.entropy.device)
                 for k, v in stats.items():
                     acc.setdefault(k, []).append(v)
+            parts.world.reduce_grads(parts.params)  # the ranks' partial gradients -> the mini-batch's
             if cfg.max_grad_norm is not None:
                 acc.setdefault("grad_norm", []).append(torch.nn.utils.clip_grad_norm_(parts.params, cfg.max_grad_norm))
             parts.opt.step()
@@ -465,42 +471,44 @@ def optimize(parts: LMParts, b: LMBatch) -> dict[str, list]:
 
 
 def step_metrics(parts: LMParts, b: LMBatch, acc: dict[str, list], ctx: SelectionContext, times: dict) -> dict:
-    """The RL step's metrics (tensors; logged with one host sync)."""
-    cfg, ro = parts.cfg, b.rollout
-    sums = {k: torch.stack(v).float().cpu() for k, v in acc.items()}
-    m_adv = b.adv[b.mask > 0] if (b.mask > 0).any() else torch.zeros(1)
-    lengths = torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float32)
+    """The RL step's metrics (tensors; logged with one host sync), over the rows of every data-parallel rank."""
+    cfg, ro, g = parts.cfg, b.rollout, parts.world.cat
+    sums = {k: g(torch.stack(v).float()).cpu() for k, v in acc.items()}
+    m_adv = g(b.adv[b.mask > 0])
+    m_adv = m_adv if m_adv.numel() else torch.zeros(1)
+    lengths = g(torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float32))
+    rewards, components, cmask = g(ro.rewards), g(ro.components), g(b.cmask)
 
     def std(x):
         return x.std() if x.numel() > 1 else torch.tensor(0.0)
 
     metrics = {
-        "reward/mean": ro.rewards.mean(),
-        "reward/std": std(ro.rewards),
-        **{f"reward/{n}_mean": ro.components[:, j].mean() for j, n in enumerate(parts.rewards.names)},
-        **{f"reward/{n}_std": std(ro.components[:, j]) for j, n in enumerate(parts.rewards.names)},
+        "reward/mean": rewards.mean(),
+        "reward/std": std(rewards),
+        **{f"reward/{n}_mean": components[:, j].mean() for j, n in enumerate(parts.rewards.names)},
+        **{f"reward/{n}_std": std(components[:, j]) for j, n in enumerate(parts.rewards.names)},
         "adv/mean": m_adv.mean(),
         "adv/std": std(m_adv),
         "adv/abs_max": m_adv.abs().max(),
         "stats/clip_frac_low": sums["clip_frac_low"].mean() if "clip_frac_low" in sums else 0.0,
         "stats/clip_frac_high": sums["clip_frac_high"].mean() if "clip_frac_high" in sums else 0.0,
         "stats/approx_kl": sums["approx_kl"].mean(),
-        "stats/entropy": masked_mean(b.entropy, b.cmask),
+        "stats/entropy": masked_mean(g(b.entropy), cmask),
         "completion/len_mean": lengths.mean(),
         "completion/len_max": lengths.max(),
-        "completion/truncation_rate": ro.truncated.float().mean(),
+        "completion/truncation_rate": g(ro.truncated.float()).mean(),
         "perf/gen_tokens_per_s": float(lengths.sum()) / max(times["gen"], 1e-9),
-        "perf/train_tokens_per_s": float(b.mask.sum()) * cfg.epochs / max(times["train"], 1e-9),
+        "perf/train_tokens_per_s": float(g(b.mask).sum()) * cfg.epochs / max(times["train"], 1e-9),
         "loss/policy": sums["loss/policy"].mean(),
         "loss/total": sums["loss/total"].mean(),
         "train/lr": parts.opt.param_groups[0]["lr"],
-        "select/train_batch": float(len(b)),
+        "select/train_batch": float(len(cmask)),
         **ctx.metrics,
     }
     if "stats/logp_mismatch" not in metrics:  # on-policy: the train pass against the sampler
-        metrics["stats/logp_mismatch"] = masked_mean((b.old_logp - b.sampler_logp).abs(), b.cmask)
+        metrics["stats/logp_mismatch"] = masked_mean(g((b.old_logp - b.sampler_logp).abs()), cmask)
     if b.ref_logp is not None:
-        metrics["stats/kl_ref"] = masked_mean(kl_penalty(b.old_logp, b.ref_logp, cfg.kl_estimator), b.mask)
+        metrics["stats/kl_ref"] = masked_mean(g(kl_penalty(b.old_logp, b.ref_logp, cfg.kl_estimator)), g(b.mask))
     if "grad_norm" in sums:
         metrics["stats/grad_norm"] = sums["grad_norm"].mean()
     for k, v in sums.items():  # rollout correction: means over micro-batches (the max of the maxima)
@@ -571,7 +579,7 @@ class WarmStart(Phases):
             "loss/sft": sft_step(self.parts.model, self.parts.tok, rows, self.opt, self.parts.dtype)
         }
         if cfg.sft_target_accuracy > 0 and it % cfg.sft_check_every == 0 and it < self.iterations:
-            acc = self.parts.evaluate(self.check_rows)["accuracy"]
+            acc = self.parts.world.broadcast_object(self.parts.evaluate(self.check_rows)["accuracy"])
             stats["sft/train_accuracy"] = acc
             if acc >= cfg.sft_target_accuracy:
                 print(f"warm-start ends at step {it}: training-prompt accuracy {acc:.3f}", flush=True)
@@ -606,8 +614,9 @@ class RL(Phases):
         self.reward: float | None = None
 
     def begin(self, run: Run) -> None:
+        self.parts.world.broadcast_params(self.parts.model)  # every rank starts RL from rank 0's weights
         self.lines = int(run.counters["samples_lines"])
-        if self.samples.exists():  # cut back to the checkpoint (a resumed run rewrites the later steps)
+        if run.writer and self.samples.exists():  # cut back to the checkpoint (a resumed run rewrites the later steps)
             kept = self.samples.read_text().splitlines(keepends=True)[: self.lines]
             atomic_write_text(self.samples, "".join(kept))
         self.parts.warned_shortfall = bool(run.counters["shortfall_warned"])
@@ -625,8 +634,8 @@ class RL(Phases):
     def update(self, run: Run, collected) -> dict[str, Any]:
         metrics, batch = update_step(self.parts, *collected)
         if batch is not None:
-            self.reward = float(batch.rollout.rewards.mean())
-            truncated = float(batch.rollout.truncated.float().mean())
+            self.reward = float(metrics["reward/mean"])
+            truncated = float(metrics["completion/truncation_rate"])
             if truncated > 0.5 and not run.counters.get("truncation_warned"):
                 warnings.warn(
                     f"RL step {run.iteration}: {truncated:.0%} of the completions hit max_new_tokens="
@@ -635,7 +644,7 @@ class RL(Phases):
                     stacklevel=2,
                 )
                 run.counters["truncation_warned"] = True
-            if self.cfg.log_samples:
+            if self.cfg.log_samples and run.writer:
                 self.lines += _write_samples(self.samples, self.parts, run.iteration, batch)
         return metrics
 
@@ -655,7 +664,8 @@ class RL(Phases):
         }
 
     def end(self, run: Run) -> None:
-        save_pretrained(self.parts.model, self.parts.tok, run.dir / "model", bool(self.cfg.lora_r))
+        if run.writer:
+            save_pretrained(self.parts.model, self.parts.tok, run.dir / "model", bool(self.cfg.lora_r))
 
     def result(self, run: Run, final: dict[str, Any]) -> dict[str, Any]:
         before, after = final["accuracy_before"], final["accuracy"]
@@ -686,14 +696,17 @@ def _write_samples(path: Path, parts: LMParts, step: int, batch: LMBatch) -> int
 
 
 def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False, **run_info: Any) -> dict:
-    """Train (or resume) an LM run in ``run_dir``: the warm-start stage (if ``sft_steps``) then RL."""
+    """Train (or resume) an LM run in ``run_dir``: the warm-start stage (if ``sft_steps``) then RL. Under
+    ``torchrun`` every rank runs this; they train data-parallel (:mod:`policyopt.lm.distributed`) and only
+    rank 0 writes ``run_dir``."""
+    world = D.world()
 
     def build(run: Run) -> list[Phases]:
-        parts = build_parts(cfg)
+        parts = build_parts(cfg, world)
         run.track("model", parts.model)
         return [*([WarmStart(parts, run)] if cfg.sft_steps else []), RL(parts, run)]
 
-    return execute(FAMILY, cfg, run_dir, resume, build, info=run_info)
+    return execute(FAMILY, cfg, run_dir, resume, build, info=run_info, writer=world.is_main)
 
 
 def evaluate_run(

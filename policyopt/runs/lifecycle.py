@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import importlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -214,8 +215,10 @@ class Run:
         seed: int,
         tensorboard: bool = True,
         progress: bool | None = None,
+        writer: bool = True,
     ):
         self.dir = Path(run_dir)
+        self.writer = writer  # False: run the loop, write nothing (a data-parallel rank other than 0)
         self.cfg = cfg
         self.resume = resume
         self.seeds = SeedStreams(seed)
@@ -274,7 +277,8 @@ class Run:
 
     def save(self) -> None:
         """Checkpoint every tracked part, the counters and every RNG (refused if any tensor is non-finite)."""
-        save_checkpoint(self.checkpoint_path, self.state())
+        if self.writer:
+            save_checkpoint(self.checkpoint_path, self.state())
 
     def restore(self) -> None:
         state = load_checkpoint(self.checkpoint_path)
@@ -298,6 +302,9 @@ class Run:
     # -- metrics --
     def open_logger(self, step: int) -> None:
         rows = self._metrics_rows if self.resume else None
+        if not self.writer:
+            self.logger = _NoLogger()
+            return
         self.logger = MetricLogger(
             self.dir,
             self._tensorboard,
@@ -350,6 +357,18 @@ class Run:
             self.log(step, numbers)
         self.last_eval = res
         return res
+
+
+class _NoLogger:
+    """The logger of a run that writes nothing."""
+
+    rows = 0
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        pass
 
 
 def _stacked(values: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -442,7 +461,8 @@ def run_stages(run: Run, stages: Sequence[Stage]) -> dict[str, Any]:
     assert run.logger is not None
     run.logger.close()
     result = last.result(run, final)
-    atomic_write_text(run.dir / "eval.json", json.dumps({**final, "step": step}, indent=2))
+    if run.writer:
+        atomic_write_text(run.dir / "eval.json", json.dumps({**final, "step": step}, indent=2))
     return result
 
 
@@ -459,6 +479,7 @@ class Family:
     # "module:function": train_population(cfgs, run_dirs, resume=False) -> list[dict]; the same module defines
     # population_unsupported(cfgs) -> str | None and, optionally, PER_MEMBER_KEYS
     population: str | None = None
+    data_parallel: bool = False  # trains data-parallel when launched by torchrun (WORLD_SIZE > 1)
 
     def load(self, which: str) -> Callable:
         entry = {"train": self.train, "evaluate": self.evaluate, "population": self.population}[which]
@@ -481,6 +502,20 @@ def family_of(cfg_or_class: Any) -> Family:
         f"{cls.__name__} is not the config of a trainer family; valid: "
         f"{', '.join(f.config.__name__ for _, f in FAMILIES.items())}"
     )
+
+
+def check_launch(family: Family, population: bool = False) -> None:
+    """Refuse a launch of ``WORLD_SIZE`` > 1 processes (torchrun) for a family that does not train data-parallel
+    (each process would train the whole run into the same directory), or for a population."""
+    size = os.environ.get("WORLD_SIZE", "1")
+    if size.strip() != "1" and population:
+        raise UserError(f"WORLD_SIZE={size}: a population (--seeds) does not train data-parallel; train its members")
+    if size.strip() != "1" and not family.data_parallel:
+        families = [n for n, f in FAMILIES.items() if f.data_parallel]
+        raise UserError(
+            f"WORLD_SIZE={size}: the {family.name!r} trainer family does not train data-parallel; "
+            f"run it in one process (data-parallel families: {families})"
+        )
 
 
 def load_family(run_dir: str | Path) -> Family:
@@ -531,28 +566,36 @@ def execute(
     tensorboard: bool | None = None,
     progress: Any = _FROM_CONFIG,
     info: Mapping[str, Any] | None = None,
+    writer: bool = True,
 ) -> dict[str, Any]:
     """Prepare (or reopen) ``run_dir``, build the stages, restore state on resume, run, record the status.
 
     A fresh run writes ``config.yaml`` and ``run.json`` first, so every run directory, however it was
     started (CLI, bench, Python), can be evaluated and resumed. ``resume`` of a run that died before its
     first checkpoint starts it afresh with its saved config. ``seed``, ``tensorboard`` and ``progress``
-    default to the config's fields of those names, and the config's ``threads`` (if any) sets torch's."""
+    default to the config's fields of those names, and the config's ``threads`` (if any) sets torch's. A process
+    with ``writer`` False (a data-parallel rank other than 0) runs the same loop, resumes from the same
+    checkpoint and writes nothing."""
     seed, tensorboard, progress = run_settings(cfg, seed, tensorboard, progress)
+    progress = progress if writer else False
     run_dir = Path(run_dir)
-    resume, fresh_dir = open_run_dir(family, cfg, run_dir, resume, info)
+    resume, fresh_dir = open_run_dir(family, cfg, run_dir, resume, info, writer=writer)
     run: Run | None = None
     try:
         with sigterm_interrupts():
-            run = Run(run_dir, cfg, resume=resume, seed=seed, tensorboard=tensorboard, progress=progress)
+            run = Run(
+                run_dir, cfg, resume=resume, seed=seed, tensorboard=tensorboard, progress=progress, writer=writer
+            )
             stages = build(run)
             if resume:
                 run.restore()
             result = run_stages(run, stages)
     except BaseException as e:
-        record_failure(run_dir, e, remove=fresh_dir and not resume, logger=run.logger if run else None)
+        if writer:
+            record_failure(run_dir, e, remove=fresh_dir and not resume, logger=run.logger if run else None)
         raise
-    rundir.write_info(run_dir, status="finished")
+    if writer:
+        rundir.write_info(run_dir, status="finished")
     return result
 
 
@@ -568,24 +611,27 @@ def run_settings(cfg: Any, seed: int | None, tensorboard: bool | None, progress:
 
 
 def open_run_dir(
-    family: Family, cfg: Any, run_dir: Path, resume: bool, info: Mapping[str, Any] | None
+    family: Family, cfg: Any, run_dir: Path, resume: bool, info: Mapping[str, Any] | None, *, writer: bool = True
 ) -> tuple[bool, bool]:
     """Create a fresh run directory (or reopen one to resume: stale temporaries removed, a run that died before
     its first checkpoint cleared), write ``config.yaml`` and ``run.json`` (status ``running``). Returns
-    ``(resume, fresh_dir)``: whether there is a checkpoint to resume from, and whether the folder held nothing."""
+    ``(resume, fresh_dir)``: whether there is a checkpoint to resume from, and whether the folder held nothing.
+    A process that is not the ``writer`` only reads."""
     fresh_dir = not run_dir.exists() or not any(run_dir.iterdir())
     if resume:
         rundir.read_info(run_dir)
-        remove_stale_temporaries(run_dir)
         resume = rundir.checkpoint_path(run_dir).exists()
-        if not resume:
+        if writer:
+            remove_stale_temporaries(run_dir)
+        if writer and not resume:
             _clear_partial(run_dir)
-    else:
+    elif writer:
         rundir.prepare_new(run_dir)
-    rundir.write_config(run_dir, cfg)
-    rundir.write_info(
-        run_dir, family=family.name, module=type(cfg).__module__, status="running", error=None, **dict(info or {})
-    )
+    if writer:
+        rundir.write_config(run_dir, cfg)
+        rundir.write_info(
+            run_dir, family=family.name, module=type(cfg).__module__, status="running", error=None, **dict(info or {})
+        )
     return resume, fresh_dir
 
 
