@@ -583,9 +583,7 @@ def execute(
     run: Run | None = None
     try:
         with sigterm_interrupts():
-            run = Run(
-                run_dir, cfg, resume=resume, seed=seed, tensorboard=tensorboard, progress=progress, writer=writer
-            )
+            run = Run(run_dir, cfg, resume=resume, seed=seed, tensorboard=tensorboard, progress=progress, writer=writer)
             stages = build(run)
             if resume:
                 run.restore()
