@@ -213,17 +213,19 @@ class AsyncSource:
         self.refs: dict[int, Any] = {}  # version -> ObjectRef of its weights
         self.version = self.next_dispatch = 0
         self.restarts = self.failures_in_a_row = 0
-        self.owns_ray = False
+        self.owns_ray = _connect(self.cfg)
+        # started now, so their start-up (imports, building the model) overlaps the learner's warm-start
+        self.workers = [self._spawn() for _ in range(self.cfg.async_workers)]
+        self.started = False
         run.counters.setdefault("staleness_max", 0)
 
     # -- workers --
     def _start(self, run: Run) -> None:
         ray = _import_ray()
-        self.owns_ray = _connect(self.cfg)
+        self.started = True
         self.version = self.next_dispatch = run.iteration - 1  # the learner's version = the next batch's index
         self.history.add(self.version, _weights(self.parts.model), self.version - self.staleness)
         self.refs = {v: ray.put(s) for v, s in self.history.versions.items()}
-        self.workers = [self._spawn() for _ in range(self.cfg.async_workers)]
 
     def _spawn(self):
         ray = _import_ray()
@@ -281,7 +283,7 @@ class AsyncSource:
 
     # -- the source --
     def next(self, run: Run) -> tuple[SelectionContext, LMBatch, float]:
-        if not self.workers:
+        if not self.started:
             self._start(run)
         index = run.iteration - 1
         if index != self.version:
