@@ -237,6 +237,8 @@ class AsyncSource:
 
     def _submit(self, index: int, slot: int) -> None:
         v = version_for(index, self.staleness)
+        if v not in self.refs:  # resumed from a checkpoint without that version (e.g. a synchronous run's)
+            v = min(self.refs)
         ref = self.workers[slot].generate.remote(index, v, [self.refs[v]])
         self.pending[index] = (slot, ref)
 
