@@ -184,7 +184,14 @@ def _connect(cfg) -> bool:
         return False
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if cfg.ray_address:
-        ray.init(address=cfg.ray_address, **kw)
+        try:
+            ray.init(address=cfg.ray_address, **kw)
+        except ConnectionError as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(
+                f"config key 'ray_address'={cfg.ray_address!r}: cannot connect to a Ray cluster there ({msg}); "
+                "give the head's HOST:PORT, 'auto' on a node of the cluster, or None for a local Ray"
+            ) from None
     else:
         ray.init(num_cpus=cfg.async_workers * cfg.threads, **kw)
     return True
