@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from policyopt.cli.main import main
+from policyopt.errors import UserError
 from policyopt.lm import trainer as lm_trainer
+from policyopt.lm.config import LMConfig
 from policyopt.runs.checkpoint import load_checkpoint
 
 pytest.importorskip("transformers")
@@ -146,3 +148,9 @@ def test_stopped_and_resumed_stale_run_matches_the_uninterrupted_one(stale1, tmp
     _same_tensors(a["generation_weights"]["versions"][5], b["generation_weights"]["versions"][5])
     assert _rows(out) == _rows(ref)
     assert (out / "samples.jsonl").read_text() == (ref / "samples.jsonl").read_text()
+
+
+def test_workers_refuse_an_advantage_that_draws_prompts_by_the_learners_tracker():
+    with pytest.raises(UserError, match="async_workers"):
+        LMConfig(advantage="spo", async_workers=1).validate()
+    LMConfig(advantage="spo").validate()  # synchronous: fine

@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -220,6 +221,12 @@ class AsyncSource:
         self.refs: dict[int, Any] = {}  # version -> ObjectRef of its weights
         self.version = self.next_dispatch = 0
         self.restarts = self.failures_in_a_row = 0
+        if self.cfg.async_workers > self.staleness + 1:
+            warnings.warn(
+                f"async_workers={self.cfg.async_workers} but at most max_staleness + 1 = {self.staleness + 1} "
+                "batches can be generated at once; the other workers will idle",
+                stacklevel=2,
+            )
         self.owns_ray = _connect(self.cfg)
         # started now, so their start-up (imports, building the model) overlaps the learner's warm-start
         self.workers = [self._spawn() for _ in range(self.cfg.async_workers)]
