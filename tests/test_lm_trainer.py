@@ -29,6 +29,12 @@ FAST = [
     "--no-progress",
 ]
 
+# the lean decoder / padding-free forward against transformers on each device (cuda skipped without a GPU)
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+
 
 def _sample_and_recompute(model, tok, prompts, G, T, seed):
     """``G`` sampled completions per prompt (temperature 0.7, ``T`` new tokens, torch seed ``seed``), and their
@@ -37,10 +43,11 @@ def _sample_and_recompute(model, tok, prompts, G, T, seed):
 
     torch.manual_seed(seed)
     ro = generate(model, tok, prompts, torch.arange(len(prompts)), 0, G, temperature=0.7, top_p=1.0, max_new_tokens=T)
+    dev = next(model.parameters()).device
     ids, attn, pos, cmask, P = collate(ro.prompt_ids, ro.completion_ids, tok.pad_token_id, T)
     with torch.no_grad():
-        lp, _ = token_logp(model, ids, attn, pos, P, 0.7)
-    return ro, lp, cmask
+        lp, _ = token_logp(model, ids.to(dev), attn.to(dev), pos.to(dev), P, 0.7)
+    return ro, lp.cpu(), cmask
 
 
 def test_builtin_rewards_and_components():
@@ -263,16 +270,16 @@ def test_reasoning_gym_task_uses_its_own_scorer():
     assert total.tolist() == [1.0, 0.0]
 
 
-def _lean_model(kind):
-    """A tiny model for the lean-path tests; ``gqa-untied``: Llama with 4 query heads over 2 key/value heads
-    and an untied LM head (the shipped tiny configs have neither)."""
+def _lean_model(kind, device="cpu"):
+    """A tiny model for the lean-path tests (on ``device``); ``gqa-untied``: Llama with 4 query heads over 2
+    key/value heads and an untied LM head (the shipped tiny configs have neither)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from policyopt.lm.model import build_model, load_tokenizer
 
     tok = load_tokenizer("tiny-llama", None)
     if kind != "gqa-untied":
-        return tok, build_model(kind, tok, 0)
+        return tok, build_model(kind, tok, 0).to(device)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -286,22 +293,23 @@ def _lean_model(kind):
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    return tok, AutoModelForCausalLM.from_config(cfg)
+    return tok, AutoModelForCausalLM.from_config(cfg).to(device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["tiny-llama", "tiny-qwen2", "gqa-untied"])
-def test_fast_sampler_matches_model(kind):
+def test_fast_sampler_matches_model(kind, device):
     """The lean sampler: greedy tokens equal ``model.generate``; sampled log-probs equal the train-time
     recomputation; a completion is cut at its first EOS."""
     from policyopt.lm import fastgen
 
-    tok, m = _lean_model(kind)
+    tok, m = _lean_model(kind, device)
     m.eval()
     prompts = ["1+2=", "56+78=", "9+11="]
     assert fastgen.supported(m, 1.0, [])
     assert not fastgen.supported(m, 0.9, []) and not fastgen.supported(m, 1.0, ["\n"])
     rep = [p for p in prompts for _ in range(2)]
-    enc = tok(rep, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(rep, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     g1, _ = fastgen.sample(
         m,
         enc["input_ids"],
@@ -322,13 +330,14 @@ def test_fast_sampler_matches_model(kind):
         assert bool(ro.truncated[i]) == (len(c) == 12 and c[-1] != tok.eos_token_id)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk_steps", [1, 3])
-def test_fast_sampler_in_step_chunks(monkeypatch, chunk_steps):
+def test_fast_sampler_in_step_chunks(monkeypatch, chunk_steps, device):
     """With logits / noise buffers bounded to a few decode steps (as for a real vocabulary), the sampled
     log-probs still equal the train-time recomputation, chunk boundaries and early stops included."""
     from policyopt.lm import fastgen
 
-    tok, m = _lean_model("tiny-llama")
+    tok, m = _lean_model("tiny-llama", device)
     prompts = ["1+2=", "56+78=", "9+11="]
     monkeypatch.setattr(fastgen, "_CHUNK_ELEMENTS", chunk_steps * len(prompts) * 4 * len(tok))
     ro, lp, _ = _sample_and_recompute(m, tok, prompts, 4, 10, 1)
@@ -337,24 +346,26 @@ def test_fast_sampler_in_step_chunks(monkeypatch, chunk_steps):
         assert torch.allclose(lp[i, : len(c)], ro.sampler_logp[i], atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["tiny-llama", "tiny-qwen2", "gqa-untied"])
-def test_lean_train_forward_matches_the_model_in_value_and_gradient(kind):
+def test_lean_train_forward_matches_the_model_in_value_and_gradient(kind, device):
     """``fastgen.completion_logits`` (used for train-time log-probs) equals the transformers forward on a
     left-padded batch with rows sharing a prompt (computed once by the padding-free layout), completions of
     unequal length (one empty): logits at every completion token and the gradient of every parameter."""
     from policyopt.lm import fastgen
     from policyopt.lm.rollout import collate
 
-    tok, m = _lean_model(kind)
+    tok, m = _lean_model(kind, device)
     assert fastgen.supported_model(m)
     prompts = ["1+2=", "56+78=", "1+2=", "9+11=", "56+78=", "1+2="]
     comps = ["3", "134", "4<", "20", "", "3333"]
     ids, attn, pos, cmask, P = collate(
         [tok.encode(p) for p in prompts], [tok.encode(c) for c in comps], tok.pad_token_id, 5
     )
+    ids, attn, pos, cmask = ids.to(device), attn.to(device), pos.to(device), cmask.to(device)
     valid = cmask.bool()
     assert int(valid.sum()) == sum(len(tok.encode(c)) for c in comps)
-    w = torch.randn(len(prompts), 5, len(tok), generator=torch.Generator().manual_seed(0))
+    w = torch.randn(len(prompts), 5, len(tok), generator=torch.Generator().manual_seed(0)).to(device)
     lean = fastgen.completion_logits(m, ids, attn, pos, P)
     assert lean.shape == (int(valid.sum()), len(tok))
     (lean * w[valid]).sum().backward()

@@ -172,6 +172,86 @@ def test_mountaincar_continuous_numbers_by_hand():
     assert cfg.num_envs * cfg.n_steps % cfg.minibatch_size == 0
 
 
+# ---- a2c: rl-baselines3-zoo hyperparams/a2c.yml -----------------------------------------------------------
+# Entries transcribed literally; the zoo's LunarLander-v2 entry is our LunarLander-v3 preset (same dynamics).
+ZOO_A2C = {
+    "CartPole-v1": dict(n_envs=8, n_timesteps=5e5, policy="MlpPolicy", ent_coef=0.0),
+    "LunarLander-v3": dict(
+        n_envs=8,
+        n_timesteps=2e5,
+        policy="MlpPolicy",
+        gamma=0.995,
+        n_steps=5,
+        learning_rate="lin_0.00083",
+        ent_coef=0.00001,
+    ),
+    "MountainCar-v0": dict(normalize=True, n_envs=16, n_timesteps=1e6, policy="MlpPolicy", ent_coef=0.0),
+    "Acrobot-v1": dict(normalize=True, n_envs=16, n_timesteps=5e5, policy="MlpPolicy", ent_coef=0.0),
+}
+
+# Stable-Baselines3 A2C / MlpPolicy defaults (A2C.__init__; RMSprop alpha 0.99, eps rms_prop_eps, not centered)
+SB3_A2C = dict(
+    n_envs=1,
+    learning_rate=7e-4,
+    n_steps=5,
+    gamma=0.99,
+    gae_lambda=1.0,
+    ent_coef=0.0,
+    vf_coef=0.5,
+    max_grad_norm=0.5,
+    rms_prop_eps=1e-5,
+    use_rms_prop=True,
+    normalize_advantage=False,
+    normalize=False,
+)
+
+
+def translate_a2c(entry: dict) -> dict:
+    """The OnPolicyConfig fields a zoo A2C entry maps to (docs/control.md, "A2C presets")."""
+    z = {**SB3_A2C, **entry}
+    lr, lr_schedule = _schedule(z["learning_rate"])
+    assert z["use_rms_prop"]
+    return {
+        "num_envs": z["n_envs"],
+        "n_steps": z["n_steps"],
+        "total_steps": int(z["n_timesteps"]),
+        # one gradient step per rollout on the whole batch
+        "minibatch_size": z["n_envs"] * z["n_steps"],
+        "epochs": 1,
+        "gamma": z["gamma"],
+        "gae_lambda": z["gae_lambda"],
+        "ent_coef": z["ent_coef"],
+        "vf_coef": 2 * z["vf_coef"],  # SB3: vf_coef * MSE; ours: vf_coef * 0.5 * MSE
+        "vf_clip": None,
+        "max_grad_norm": float(z["max_grad_norm"]),
+        "learning_rate": lr,
+        "lr_schedule": lr_schedule,
+        "optimizer": "rmsprop",
+        "adam_eps": z["rms_prop_eps"],
+        "adv_norm": "minibatch" if z["normalize_advantage"] else "none",
+        "norm_obs": z["normalize"],
+        "norm_reward": z["normalize"],
+        "hidden": (64, 64),
+        "activation": "tanh",
+        "ortho_init": True,
+        "advantage": "gae",
+        "policy_loss": "pg",
+    }
+
+
+@pytest.mark.parametrize("env_id", sorted(ZOO_A2C))
+def test_a2c_preset_is_the_zoo_entry(env_id):
+    cfg = algos.build_config("a2c", flags={"env_id": env_id})
+    want = translate_a2c(ZOO_A2C[env_id])
+    assert {k: _field(cfg, k) for k in want} == want
+
+
+def test_a2c_acrobot_numbers_by_hand():
+    """rl-zoo3's ``normalize: true`` is VecNormalize of observations AND rewards."""
+    cfg = algos.build_config("a2c", flags={"env_id": "Acrobot-v1"})
+    assert (cfg.num_envs, cfg.minibatch_size, cfg.norm_obs, cfg.norm_reward, cfg.vf_coef) == (16, 80, True, True, 1.0)
+
+
 # ---- the note for an environment without a tuned preset --------------------------------------------------
 @pytest.fixture
 def fresh_notes(monkeypatch):

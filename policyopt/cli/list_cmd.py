@@ -18,6 +18,7 @@ SECTIONS = [
     "kl",
     "corrections",
     "selectors",
+    "generation-backends",
     "actor-losses",
     "critic-losses",
     "optimizers",
@@ -52,10 +53,15 @@ def _registries():
         "optimizers": ("optimizers", OPTIMIZERS),
     }
     try:
+        from policyopt.lm.backends import BACKENDS
         from policyopt.lm.selection import SELECTORS
     except ImportError:  # the LM extra is not installed
         return out
-    return {**out, "selectors": ("LM data selectors (selectors: [...])", SELECTORS)}
+    return {
+        **out,
+        "selectors": ("LM data selectors (selectors: [...])", SELECTORS),
+        "generation-backends": ("LM generation backends (generation_backend: auto | name)", BACKENDS),
+    }
 
 
 def _table(title: str, columns: tuple[str, ...], rows) -> Table:

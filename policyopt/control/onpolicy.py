@@ -320,9 +320,9 @@ class OnPolicyTrainer(Phases):
         self.envs.close()
 
     # ---- collect ---------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def collect(self, run: Run) -> Rollout:
-        cfg, it, ro, dist = self.cfg, run.iteration, self.rollout, self.agent.dist
+    def begin_iteration(self, it: int) -> None:
+        """Iteration ``it``'s scheduled learning rate, clip ranges and KL coefficient; the sampler's reset."""
+        cfg = self.cfg
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr(it)
         scale = self.clip(it)
@@ -334,6 +334,11 @@ class OnPolicyTrainer(Phases):
         )
         self.vf_clip = None if cfg.vf_clip is None else cfg.vf_clip * scale
         self.sampler.begin_iteration(self.agent)
+
+    @torch.no_grad()
+    def collect(self, run: Run) -> Rollout:
+        cfg, ro, dist = self.cfg, self.rollout, self.agent.dist
+        self.begin_iteration(run.iteration)
         obs = self.obs
         for t in range(cfg.n_steps):
             run.accumulate(self.sampler.adapt(t, self.agent, ro))
@@ -478,6 +483,7 @@ FAMILY = FAMILIES.register(
         OnPolicyConfig,
         "policyopt.control.onpolicy:train",
         "policyopt.control.onpolicy:evaluate_run",
+        population="policyopt.control.population:train_population",
     ),
 )
 

@@ -186,7 +186,8 @@ _on_policy(
 )
 
 # A2C: one gradient step per rollout on the whole batch, plain policy gradient, RMSprop, no advantage
-# normalization (Mnih et al., 2016, "Asynchronous Methods for Deep RL"; SB3's synchronous defaults).
+# normalization (Mnih et al., 2016, "Asynchronous Methods for Deep RL"). Defaults and per-environment
+# presets are Stable-Baselines3's A2C defaults and rl-baselines3-zoo's entries (docs/control.md, "A2C presets").
 A2C = dict(
     policy_loss="pg",
     n_steps=5,
@@ -196,21 +197,29 @@ A2C = dict(
     learning_rate=7e-4,
     lr_schedule="constant",
     optimizer="rmsprop",
+    adam_eps=1e-5,
+    gamma=0.99,
     gae_lambda=1.0,
     adv_norm="none",
     ent_coef=0.0,
     vf_coef=1.0,
     vf_clip=None,
     max_grad_norm=0.5,
+    hidden=(64, 64),
+    activation="tanh",
+    ortho_init=True,
 )
+A2C_PRESETS = {
+    "CartPole-v1": dict(total_steps=500_000, checkpoint_every=100_000),
+    "Acrobot-v1": dict(num_envs=16, minibatch_size=80, norm_obs=True, norm_reward=True, total_steps=500_000),
+    "MountainCar-v0": dict(num_envs=16, minibatch_size=80, norm_obs=True, norm_reward=True, total_steps=1_000_000),
+    "LunarLander-v3": dict(gamma=0.995, learning_rate=8.3e-4, lr_schedule="linear", ent_coef=1e-5, total_steps=200_000),
+}
 _on_policy(
     name="a2c",
     doc="A2C, synchronous advantage actor-critic (Mnih et al., 2016, 'Asynchronous Methods for Deep RL')",
     defaults=A2C,
-    presets={
-        "CartPole-v1": dict(total_steps=500_000, checkpoint_every=100_000),
-        "Acrobot-v1": dict(num_envs=16, minibatch_size=80, norm_obs=True, total_steps=500_000),
-    },
+    presets=A2C_PRESETS,
 )
 
 # REINFORCE with a learned value baseline: Monte-Carlo returns, one gradient step per batch of episodes.

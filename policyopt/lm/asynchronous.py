@@ -57,9 +57,14 @@ def collect_batch(parts: T.LMParts, seeds: SeedStreams, index: int) -> tuple[Sel
     generator is left as it was. Returns ``(context, batch, seconds)``."""
     prompts, sampling = batch_streams(seeds, index)
     ctx = SelectionContext(parts.cfg, index + 1, tracker=parts.tracker, score=parts.score)
+    dev = torch.device(getattr(parts, "device", "cpu"))
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     t0 = time.time()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=cuda):  # the CPU generator and the model's GPU's, restored afterwards
         torch.default_generator.manual_seed(sampling)
+        if cuda:
+            with torch.cuda.device(cuda[0]):
+                torch.cuda.manual_seed(sampling)
         batch = T.collect(parts, prompts, ctx)
     return ctx, batch, time.time() - t0
 
@@ -122,7 +127,8 @@ class WeightHistory:
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """A CPU copy of the model's state dict (what workers load, whatever their device)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def exit_when_gone(pid: int, poll_seconds: float = 0.5) -> None:
@@ -326,7 +332,7 @@ class AsyncSource:
         ray = _import_ray()
         self.version += 1
         keep_from = self.version - self.staleness
-        state = _weights(self.parts.model) if self.staleness else self.parts.model.state_dict()
+        state = _weights(self.parts.model)
         self.history.add(self.version, state, keep_from)
         self.refs[self.version] = ray.put(state)  # once per version; every worker reads this copy
         self.refs = {v: r for v, r in self.refs.items() if v >= keep_from}

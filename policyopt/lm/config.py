@@ -10,6 +10,8 @@ from policyopt.advantages import ADVANTAGES
 from policyopt.config import finite_number, in_range, nonneg, opt, optional, positive
 from policyopt.errors import UserError
 from policyopt.lm import algorithms, selection  # noqa: F401  (algorithms registers opmd/asymre/bnpo/spo)
+from policyopt.lm.backends import check_backend_name
+from policyopt.lm.runtime import DTYPES, check_device_name
 from policyopt.lm.tasks import check_task
 from policyopt.losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, PolicyLossConfig
 from policyopt.losses.correction import MODES, CorrectionConfig
@@ -160,6 +162,28 @@ class LMConfig:
         check=check_trackers,
     )
     progress: bool | None = opt(None, "live progress bar (None = when stderr is a terminal)")
+    device: str = opt("cpu", "where the model trains and generates: cpu | cuda | cuda:N | mps", check=check_device_name)
+    dtype: str = opt(
+        "float32",
+        "compute dtype: float32, or bfloat16 (autocast forward passes and a bfloat16 sampler; parameters, "
+        "gradients and optimizer state stay float32); float16 is refused (it needs loss scaling)",
+        choices=tuple(DTYPES),
+    )
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in the backward pass (transformers' gradient_checkpointing_enable)"
+    )
+    micro_batch_tokens: int | None = opt(
+        None,
+        "micro-batches by a token budget: rows sorted by length and packed so each forward holds at most this "
+        "many prompt + completion tokens (replaces micro_batch_size; also chunks the no-grad passes)",
+        check=optional(positive),
+    )
+    generation_backend: str = opt(
+        "auto",
+        "what samples completions: lean (policyopt's Llama/Qwen2 sampler; top_p 1, no stop strings), "
+        "transformers (model.generate), auto (lean when it applies)",
+        check=check_backend_name,
+    )
 
     @property
     def bypass(self) -> bool:
@@ -178,6 +202,8 @@ class LMConfig:
         for k in ("cppo_keep", "d3s_keep"):
             if getattr(self, k) and getattr(self, k) >= self.group_size:
                 raise UserError(f"config key {k!r}={getattr(self, k)} must be < group_size ({self.group_size})")
+        if DTYPES[self.dtype][1]:
+            raise UserError(f"config key 'dtype'={self.dtype!r} is not supported: {DTYPES[self.dtype][1]}")
         if self.overlong_buffer and self.overlong_buffer_frac:
             raise UserError("config keys 'overlong_buffer' and 'overlong_buffer_frac' are both set; set one")
         if selection.overlong_buffer(self) >= self.max_new_tokens:

@@ -10,9 +10,12 @@ the LM head runs at completion positions only). Position ids follow the attentio
 ``generate`` (``cumsum - 1``), so sampler log-probs equal the train-time recomputation; both are checked
 against transformers in ``tests/test_lm_trainer.py``.
 
-:func:`supported_model` says when they apply (plain fp32/bf16 Llama or Qwen2, no PEFT wrapper, no
-attention dropout or activation checkpointing); :func:`supported` adds the sampler's conditions (top-p 1,
-no stop strings). Otherwise the callers use ``model.generate`` / ``model(...)``."""
+:func:`supported_arch` says which models they apply to (plain fp32/bf16 Llama or Qwen2, no PEFT wrapper, no
+attention dropout); :func:`supported_model` adds the train-time forward's condition (no activation
+checkpointing), :func:`supported` the sampler's (top-p 1, no stop strings). Otherwise the callers use
+``model.generate`` / ``model(...)``. Every tensor is allocated on the device of the inputs; on the devices in
+``SDPA_DEVICES`` attention runs through the fused ``scaled_dot_product_attention`` kernel.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,10 @@ from torch import Tensor
 
 from policyopt.sampling import race_noise, race_sample
 
+# device types whose attention runs through ``F.scaled_dot_product_attention`` (its fused kernels keep the
+# score matrix out of memory on a GPU); elsewhere plain matmul / softmax ops, faster on CPU for small shapes
+SDPA_DEVICES = ("cuda",)
+
 
 def _checkpointing(model) -> bool:
     # the flag gradient_checkpointing_enable() sets on the decoder (the model-level property walks every module)
@@ -29,6 +36,11 @@ def _checkpointing(model) -> bool:
 
 
 def supported_model(model) -> bool:
+    """The train-time forward applies: :func:`supported_arch` and no activation checkpointing."""
+    return supported_arch(model) and not _checkpointing(model)
+
+
+def supported_arch(model) -> bool:
     """A plain fp32/bf16 Llama or Qwen2 (no PEFT wrapper, no sliding window, no attention dropout)."""
     cfg = getattr(model, "config", None)
     return (
@@ -38,7 +50,6 @@ def supported_model(model) -> bool:
         and not getattr(cfg, "mlp_bias", False)
         and not getattr(cfg, "use_sliding_window", False)
         and not getattr(cfg, "attention_dropout", 0.0)
-        and not _checkpointing(model)
         and not hasattr(type(model), "peft_config")  # a PEFT wrapper (class-level: no module walk)
         and "peft_config" not in model.__dict__
         and hasattr(model, "model")
@@ -47,8 +58,9 @@ def supported_model(model) -> bool:
 
 
 def supported(model, top_p: float, stop) -> bool:
-    """Whether :func:`sample` applies: :func:`supported_model`, top-p 1 and no stop strings."""
-    return supported_model(model) and top_p >= 1.0 and not stop
+    """Whether :func:`sample` applies: :func:`supported_arch` (sampling does not checkpoint activations), top-p 1
+    and no stop strings."""
+    return supported_arch(model) and top_p >= 1.0 and not stop
 
 
 def _rms(x: Tensor, eps: Tensor) -> Tensor:
@@ -70,9 +82,10 @@ class _Layer:
     """One decoder layer's weights, rebuilt per call from the live parameters (so autograd reaches them):
     q/k/v fused into one matrix and gate/up into another; the attention scale 1/sqrt(D) folded into the q rows
     (RoPE is linear, so it commutes); each RMSNorm weight folded into the columns of the projection it feeds
-    (``linear(w * x, W) = linear(x, W * w)``)."""
+    (``linear(w * x, W) = linear(x, W * w)``). ``dtype``: cast the fused weights to it (the sampler's compute
+    dtype; None keeps the parameters' dtype)."""
 
-    def __init__(self, layer, cfg):
+    def __init__(self, layer, cfg, dtype=None):
         a, m = layer.self_attn, layer.mlp
         self.H, self.KV = cfg.num_attention_heads, cfg.num_key_value_heads
         self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -84,7 +97,11 @@ class _Layer:
         self.w_o, self.b_o = a.o_proj.weight, a.o_proj.bias
         self.w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight]) * n2
         self.w_down = m.down_proj.weight
-        self.eps = torch.full((1,), float(cfg.rms_norm_eps))
+        if dtype is not None:
+            for k in ("w_qkv", "b_qkv", "w_o", "b_o", "w_gu", "w_down"):
+                w = getattr(self, k)
+                setattr(self, k, None if w is None else w.to(dtype))
+        self.eps = torch.full((1,), float(cfg.rms_norm_eps), device=self.w_down.device)
 
 
 def _qkv(ly: _Layer, x: Tensor) -> Tensor:
@@ -109,9 +126,12 @@ def _attend(ly: _Layer, qkv: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cac
         k, v = kc[:, :, : mask.shape[-1]], vc[:, :, : mask.shape[-1]]
     if ly.H != ly.KV:
         k, v = k.repeat_interleave(ly.H // ly.KV, 1), v.repeat_interleave(ly.H // ly.KV, 1)
-    # softmax(q k^T + bias) v in plain ops (q carries the 1/sqrt(D) scale): for these shapes ~1.5x faster
-    # than the CPU SDPA kernel, forward and backward (``mask`` is an additive bias: 0 or -inf)
-    o = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + mask, -1), v)
+    if q.device.type in SDPA_DEVICES:  # fused kernel: no (B, H, n, keys) score tensor in memory
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=1.0)
+    else:
+        # softmax(q k^T + bias) v in plain ops (q carries the 1/sqrt(D) scale): for these shapes ~1.5x faster
+        # than the CPU SDPA kernel, forward and backward (``mask`` is an additive bias: 0 or -inf)
+        o = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + mask, -1), v)
     return o.transpose(1, 2).reshape(B * n, ly.H * ly.D)
 
 
@@ -134,10 +154,10 @@ def _rotary(inner, pos: Tensor, dtype) -> tuple[Tensor, Tensor]:
 def _padded_causal_mask(valid: Tensor, dtype=torch.float32) -> Tensor:
     """``(B, 1, S, S)`` additive attention bias (0 / -inf): causal over valid keys; a padded query row
     attends to itself (its output is never used, and this keeps it finite)."""
-    S = valid.shape[1]
-    causal = torch.ones(S, S, dtype=torch.bool).tril()
-    allowed = (causal[None] & valid[:, None, :]) | torch.eye(S, dtype=torch.bool)[None]
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))[:, None]
+    S, dev = valid.shape[1], valid.device
+    causal = torch.ones(S, S, dtype=torch.bool, device=dev).tril()
+    allowed = (causal[None] & valid[:, None, :]) | torch.eye(S, dtype=torch.bool, device=dev)[None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, float("-inf"))[:, None]
 
 
 def _flat_layout(ids: Tensor, attn: Tensor, P: int) -> tuple[Tensor, Tensor]:
@@ -150,14 +170,15 @@ def _flat_layout(ids: Tensor, attn: Tensor, P: int) -> tuple[Tensor, Tensor]:
     flat token behind every padded position (what attention gathers; a pad maps to token 0, which the mask
     hides). Gradients flow back through the gathers, summed over the rows sharing a prompt."""
     B, S = ids.shape
-    rows = torch.arange(B)
+    dev = ids.device
+    rows = torch.arange(B, device=dev)
     _, inv = torch.unique(torch.cat([ids[:, :P], attn[:, :P]], 1), dim=0, return_inverse=True)
-    owner = torch.full((B,), B).scatter_reduce_(0, inv, rows, "amin")[inv]  # first row with the same prompt
+    owner = torch.full((B,), B, device=dev).scatter_reduce_(0, inv, rows, "amin")[inv]  # first row with the same prompt
     own = attn.bool()
     own[:, :P] &= (owner == rows)[:, None]
     src = own.flatten().nonzero().squeeze(1)
-    gidx = torch.zeros(B * S, dtype=torch.long)
-    gidx[src] = torch.arange(len(src))
+    gidx = torch.zeros(B * S, dtype=torch.long, device=dev)
+    gidx[src] = torch.arange(len(src), device=dev)
     g = gidx.view(B, S)
     g[:, :P] = g[owner, :P]
     return src, gidx
@@ -196,14 +217,17 @@ def completion_logits(model, ids: Tensor, attn: Tensor, pos: Tensor, P: int) -> 
 
 def _final_eps(model) -> Tensor:
     """The final RMSNorm's epsilon as the tensor :func:`_rms` takes."""
-    return torch.full((1,), float(model.model.norm.variance_epsilon))
+    w = model.model.norm.weight
+    return torch.full((1,), float(model.model.norm.variance_epsilon), device=w.device)
 
 
-def _head(model, scale: float = 1.0) -> tuple[Tensor, Tensor | None]:
+def _head(model, scale: float = 1.0, dtype=None) -> tuple[Tensor, Tensor | None]:
     """LM head ``(weight, bias)`` of the final-normed rows (:func:`_rms`), with the final RMSNorm weight folded
-    into the weight's columns and the logits multiplied by ``scale``."""
+    into the weight's columns and the logits multiplied by ``scale``; cast to ``dtype`` if given."""
     head = model.get_output_embeddings()
-    return head.weight * (model.model.norm.weight * scale), None if head.bias is None else head.bias * scale
+    w = head.weight * (model.model.norm.weight * scale)
+    b = None if head.bias is None else head.bias * scale
+    return (w, b) if dtype is None else (w.to(dtype), None if b is None else b.to(dtype))
 
 
 _CHUNK_ELEMENTS = 1 << 22  # bound on the decode loop's logits / noise buffers (16 MB each in float32)
@@ -220,6 +244,8 @@ def sample(
     pad_id: int,
     temperature: float = 1.0,
     greedy: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(tokens (B, T), logp (B, T))``: completions (``pad_id`` after EOS) and each token's log-prob under
     ``softmax(logits / temperature)`` (0 after EOS; 0 everywhere when greedy).
@@ -231,23 +257,29 @@ def sample(
 
     Runs under ``torch.inference_mode`` (no autograd bookkeeping per op: ~1 ms less than ``no_grad`` per
     32-token generation on the benchmark batch), so the returned tensors are inference tensors: read or
-    clone them; do not modify them in place."""
+    clone them; do not modify them in place.
+
+    Everything is allocated on the device of ``input_ids`` (the model's). ``generator``: the noise's random
+    stream (a ``torch.Generator`` on that device; None = the device's global generator). ``dtype``: the
+    compute dtype of the weights, KV cache and logits (e.g. ``torch.bfloat16`` with float32 parameters: a
+    cast copy is taken per call; None = the parameters' dtype); log-probs are always float32."""
     cfg = model.config
     inner = model.model
-    layers = [_Layer(lyr, cfg) for lyr in inner.layers]
+    dev = input_ids.device
+    dtype = dtype or inner.embed_tokens.weight.dtype
+    layers = [_Layer(lyr, cfg, dtype) for lyr in inner.layers]
     B, P = input_ids.shape
     T = max_new_tokens
     S = P + T
     L0 = layers[0]
-    dtype = inner.embed_tokens.weight.dtype
-    kc = [torch.zeros(B, L0.KV, S, L0.D, dtype=dtype) for _ in layers]
-    vc = [torch.zeros(B, L0.KV, S, L0.D, dtype=dtype) for _ in layers]
-    valid = torch.zeros(B, S, dtype=torch.bool)
+    kc = [torch.zeros(B, L0.KV, S, L0.D, dtype=dtype, device=dev) for _ in layers]
+    vc = [torch.zeros(B, L0.KV, S, L0.D, dtype=dtype, device=dev) for _ in layers]
+    valid = torch.zeros(B, S, dtype=torch.bool, device=dev)
     valid[:, :P] = attention_mask.bool()
-    pos_all = torch.zeros(B, S, dtype=torch.long)
+    pos_all = torch.zeros(B, S, dtype=torch.long, device=dev)
     pos_all[:, :P] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     last = pos_all[:, P - 1 : P]
-    pos_all[:, P:] = last + torch.arange(1, T + 1)
+    pos_all[:, P:] = last + torch.arange(1, T + 1, device=dev)
     cos_all, sin_all = _rotary(inner, pos_all, dtype)
 
     def forward(x: Tensor, start: int, mask: Tensor) -> Tensor:
@@ -258,24 +290,26 @@ def sample(
             x = _residual_mlp(ly, x.reshape(B * n, -1), o).view(B, n, -1)
         return x[:, -1]
 
-    hid = forward(F.embedding(input_ids, inner.embed_tokens.weight), 0, _padded_causal_mask(valid[:, :P], dtype))
-    bias = torch.zeros(B, 1, 1, S, dtype=dtype).masked_fill_(~valid[:, None, None], float("-inf"))  # decode keys
+    embed = inner.embed_tokens.weight.to(dtype)
+    hid = forward(F.embedding(input_ids, embed), 0, _padded_causal_mask(valid[:, :P], dtype))
+    bias = torch.zeros(B, 1, 1, S, dtype=dtype, device=dev).masked_fill_(
+        ~valid[:, None, None], float("-inf")
+    )  # decode keys
     # LM head with the final norm weight and 1 / temperature folded in: z = logits / temperature
-    w_z, b_z = _head(model, 1.0 if greedy else 1.0 / temperature)
+    w_z, b_z = _head(model, 1.0 if greedy else 1.0 / temperature, dtype)
     eps_f = _final_eps(model)
     V = w_z.shape[0]
     # steps are taken in chunks whose logits and noise fit in _CHUNK_ELEMENTS each (all T steps at once for
     # tiny models; one step at a time for a real vocabulary and batch)
     chunk = max(1, min(T, _CHUNK_ELEMENTS // (B * V)))
-    toks = torch.empty(T, B, dtype=torch.long)
-    step_lp = torch.zeros(T, B)
-    embed = inner.embed_tokens.weight
+    toks = torch.empty(T, B, dtype=torch.long, device=dev)
+    step_lp = torch.zeros(T, B, device=dev)
     n = T
     for t in range(T):
         c = t % chunk
         if c == 0:
-            z = torch.empty(min(chunk, T - t), B, V, dtype=dtype)  # this chunk's scaled logits
-            noise = None if greedy else race_noise(z.shape)
+            z = torch.empty(min(chunk, T - t), B, V, dtype=dtype, device=dev)  # this chunk's scaled logits
+            noise = None if greedy else race_noise(z.shape, generator=generator, device=dev)
         torch.matmul(_rms(hid, eps_f), w_z.t(), out=z[c])
         if b_z is not None:
             z[c] += b_z
@@ -296,8 +330,8 @@ def sample(
     drawn = toks[:n].t()  # (B, n)
     is_eos = drawn == eos_id
     after = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the row's first EOS
-    out_toks = torch.full((B, T), pad_id, dtype=torch.long)
+    out_toks = torch.full((B, T), pad_id, dtype=torch.long, device=dev)
     out_toks[:, :n] = drawn.masked_fill(after, pad_id)
-    logps = torch.zeros(B, T)
+    logps = torch.zeros(B, T, device=dev)
     logps[:, :n] = step_lp[:n].t().masked_fill(after, 0.0)
     return out_toks, logps

@@ -73,6 +73,19 @@ def build_model(model: str, tok, seed: int):
     raise UserError(f"model {model!r} is not tiny-llama, tiny-qwen2, a model folder or a config.json path")
 
 
+def enable_checkpointing(model) -> None:
+    """Activation checkpointing of every decoder layer (non-reentrant, so a frozen base under LoRA needs no
+    input gradients): transformers' ``activation_checkpointing_enable`` (``gradient_checkpointing_enable`` in
+    earlier versions)."""
+    try:
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    except ValueError as e:
+        raise UserError(f"config key 'gradient_checkpointing'=true: {e}") from None
+
+
 def add_lora(model, r: int, alpha: float):
     try:
         from peft import LoraConfig, get_peft_model

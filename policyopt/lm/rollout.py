@@ -1,4 +1,4 @@
-"""Rollouts with the model's own ``generate`` (KV cache) and train-time log-probs.
+"""Rollouts through a generation backend (:mod:`policyopt.lm.backends`) and train-time log-probs.
 
 A rollout holds per-sample token lists; :func:`collate` turns any subset into a padded batch:
 prompts left-padded to ``P``, completions right-padded to ``L``; ``position_ids`` follow the
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from policyopt.lm import fastgen
+from policyopt.lm.backends import GenerationBackend, SamplingParams, make_backend
 from policyopt.losses import entropy_from_logits
 
 
@@ -83,44 +84,29 @@ def generate(
     max_new_tokens: int,
     stop: list[str] | None = None,
     greedy: bool = False,
+    backend: GenerationBackend | None = None,
+    generator: torch.Generator | None = None,
 ) -> Rollout:
-    """``G`` completions for each prompt in one batched ``generate`` call."""
+    """``G`` completions for each prompt in one batched call of the generation ``backend`` (default: the
+    ``auto`` choice of :mod:`policyopt.lm.backends` for ``model``), on the backend's device."""
+    if backend is None:
+        backend = make_backend("auto", model, tok, top_p=top_p, stop=stop)
     rep = [p for p in prompts for _ in range(G)]
     enc = tok(rep, return_tensors="pt", padding=True, add_special_tokens=False)
-    P = enc["input_ids"].shape[1]
-    kw = dict(
-        do_sample=not greedy,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        return_dict_in_generate=True,
-        output_scores=not greedy,
-    )
-    if not greedy:
-        kw.update(temperature=temperature, top_p=top_p, top_k=0)
-    if stop:
-        kw.update(stop_strings=list(stop), tokenizer=tok)
-    set_mode(model, train=False)
-    if fastgen.supported(model, top_p, stop):
-        seq, tok_logp = fastgen.sample(
-            model,
-            enc["input_ids"],
-            enc["attention_mask"],
-            max_new_tokens=max_new_tokens,
-            eos_id=tok.eos_token_id,
-            pad_id=tok.pad_token_id,
-            temperature=temperature,
-            greedy=greedy,
-        )
-    else:
-        out = model.generate(**enc, **kw)
-        seq = out.sequences[:, P:]
-        if not greedy:
-            logps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)  # (B, T, V)
-            tok_logp = logps.gather(-1, seq[:, : logps.shape[1], None]).squeeze(-1)
-    pid, cids, slp, trunc = [], [], [], []
-    eos, pad = tok.eos_token_id, tok.pad_token_id
-    for row, lp_row in zip(seq.tolist(), tok_logp if not greedy else [None] * len(seq)):
+    params = SamplingParams(max_new_tokens, temperature, top_p, tuple(stop or ()), greedy)
+    dev = backend.device
+    out = backend.generate(enc["input_ids"].to(dev), enc["attention_mask"].to(dev), params, generator)
+    cids, slp, trunc = _cut(out.tokens, out.logp, tok.eos_token_id, tok.pad_token_id, max_new_tokens)
+    pid = [enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist() for i in range(len(rep))]
+    texts = tok.batch_decode([c for c in cids], skip_special_tokens=True)
+    groups = torch.arange(len(prompts)).repeat_interleave(G) + group_offset
+    return Rollout(pid, cids, slp, torch.tensor(trunc), prompt_index.repeat_interleave(G), groups, texts)
+
+
+def _cut(seq: Tensor, logp: Tensor | None, eos: int, pad: int, max_new_tokens: int):
+    """Per-row ``(completion ids, sampler log-probs, truncated)`` of a backend's ``(B, T)`` output."""
+    cids, slp, trunc = [], [], []
+    for row, lp_row in zip(seq.tolist(), logp if logp is not None else [None] * len(seq)):
         # a completion ends at its first EOS; without EOS, only *trailing* pads (a sequence that
         # generate finished on a stop string) are cut, a pad sampled mid-sequence stays content
         if eos in row:
@@ -133,12 +119,7 @@ def generate(
         cids.append(row[:n])
         slp.append(lp_row[:n].clone() if lp_row is not None else torch.zeros(n))
         trunc.append(not stopped and n >= max_new_tokens)
-    for i in range(seq.shape[0]):
-        m = enc["attention_mask"][i].bool()
-        pid.append(enc["input_ids"][i][m].tolist())
-    texts = tok.batch_decode([c for c in cids], skip_special_tokens=True)
-    groups = torch.arange(len(prompts)).repeat_interleave(G) + group_offset
-    return Rollout(pid, cids, slp, torch.tensor(trunc), prompt_index.repeat_interleave(G), groups, texts)
+    return cids, slp, trunc
 
 
 def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, L: int | None = None):
@@ -175,7 +156,8 @@ def token_logp(model, ids: Tensor, attn: Tensor, pos: Tensor, P: int, temperatur
         valid = attn[:, P:].bool()
         logits, tgt = fastgen.completion_logits(model, ids, attn, pos, P), tgt[valid]  # (N, V): real tokens only
     else:
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, P - 1 : -1].float()
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
+        logits = logits[:, P - 1 : -1].float()
     logits = logits / temperature
     logp = torch.log_softmax(logits, -1).gather(-1, tgt[..., None]).squeeze(-1)
     ent = entropy_from_logits(logits) if with_entropy else None

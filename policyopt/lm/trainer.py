@@ -11,6 +11,7 @@ non-finite guard are the lifecycle's; data selection is the ordered pipeline of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -20,15 +21,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from policyopt.advantages import ADVANTAGES, AdvantageConfig, AdvantageInputs
 from policyopt.errors import UserError
 from policyopt.lm import algorithms as A
 from policyopt.lm import selection as S
+from policyopt.lm.backends import GenerationBackend, make_backend
 from policyopt.lm.config import FAMILY, LMConfig
-from policyopt.lm.model import Reference, add_lora, build_model, load_tokenizer, save_pretrained
+from policyopt.lm.model import Reference, add_lora, build_model, enable_checkpointing, load_tokenizer, save_pretrained
 from policyopt.lm.rewards import RewardSet
 from policyopt.lm.rollout import Rollout, collate, generate, set_mode, token_logp
+from policyopt.lm.runtime import autocast, compute_dtype, resolve_device
 from policyopt.lm.selection import LMBatch, SelectionContext
 from policyopt.lm.tasks import load_task
 from policyopt.lm.tokenizer import unknown_characters
@@ -61,11 +65,12 @@ def evaluate_model(
     k: int = 0,
     batch: int = 256,
     stochastic: bool = False,
+    backend: GenerationBackend | None = None,
 ) -> dict:
     """Greedy held-out accuracy (sampled at ``temperature``/``top_p`` if ``stochastic``), and pass@k with k
-    sampled completions per prompt if k > 0."""
+    sampled completions per prompt if k > 0; completions from ``backend`` (default: the ``auto`` backend)."""
     correct, passk = [], []
-    sampling = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop)
+    sampling = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop, backend=backend)
     for s in range(0, len(rows), batch):
         part = rows[s : s + batch]
         prompts = [r["prompt"] for r in part]
@@ -84,7 +89,9 @@ def evaluate_model(
 
 
 def setup(cfg: LMConfig):
-    """Task, tokenizer, reward set, model (+ LoRA) from a config."""
+    """Task, tokenizer, reward set, model (+ activation checkpointing, + LoRA) on ``cfg.device`` from a config."""
+    device = resolve_device(cfg.device)
+    compute_dtype(cfg.dtype)
     task = load_task(cfg.task, cfg.dataset, cfg.seed, cfg.eval_size)
     tok = load_tokenizer(cfg.model, cfg.tokenizer)
     rewards = RewardSet(dict(cfg.rewards) or task.default_rewards, task.scorer)
@@ -93,9 +100,11 @@ def setup(cfg: LMConfig):
         raise UserError(f"config key 'accuracy_reward'={acc_name!r} is not one of the rewards {rewards.names}")
     model = build_model(cfg.model, tok, cfg.seed)
     check_prompts(task, tok, model, cfg.max_new_tokens)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
     if cfg.lora_r:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
-    return task, tok, rewards, rewards.names.index(acc_name), model
+    return task, tok, rewards, rewards.names.index(acc_name), model.to(device)
 
 
 def check_prompts(task, tok, model, max_new_tokens: int) -> None:
@@ -122,18 +131,21 @@ def check_prompts(task, tok, model, max_new_tokens: int) -> None:
             )
 
 
-def sft_step(model, tok, rows: list[dict], opt) -> torch.Tensor:
-    """One supervised step: cross-entropy on ``answer + EOS`` given the prompt."""
+def sft_step(model, tok, rows: list[dict], opt, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One supervised step: cross-entropy on ``answer + EOS`` given the prompt (forward under autocast to
+    ``dtype``), on the model's device."""
     pids = [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
     cids = [tok(r["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows]
-    ids, attn, pos, cmask, P = collate(pids, cids, tok.pad_token_id)
+    dev = next(model.parameters()).device
+    ids, attn, pos, cmask, P = (t.to(dev) if torch.is_tensor(t) else t for t in collate(pids, cids, tok.pad_token_id))
     set_mode(model, train=True)
-    logp, _ = token_logp(model, ids, attn, pos, P, 1.0)
+    with autocast(dev, dtype):
+        logp, _ = token_logp(model, ids, attn, pos, P, 1.0)
     loss = -(logp * cmask).sum() / cmask.sum()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss.detach()
+    return loss.detach().cpu()  # logged with the host-side metrics
 
 
 @dataclass
@@ -153,16 +165,39 @@ class LMParts:
     ref: Reference | None = None
     gen_kw: dict = field(default_factory=dict)
     warned_shortfall: bool = False
+    backend: GenerationBackend | None = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def generation_backend(self) -> GenerationBackend:
+        """The backend, given the current weights first (a no-op rebind for the in-process backends)."""
+        self.backend.load_weights(self.model)
+        return self.backend
 
     def evaluate(self, rows: list[dict], k: int = 0) -> dict:
-        return evaluate_model(self.model, self.tok, rows, self.rewards, self.acc_idx, k=k, **self.gen_kw)
+        kw = dict(self.gen_kw, backend=self.generation_backend())
+        return evaluate_model(self.model, self.tok, rows, self.rewards, self.acc_idx, k=k, **kw)
+
+    def forward_logp(self, model, b: LMBatch, rows: Tensor, with_entropy: bool = False):
+        """No-grad ``(logp, entropy)`` of ``rows`` of ``b`` under ``model`` on the device (autocast to the
+        compute dtype), returned on the host; ``micro_batch_tokens`` chunks the rows (else one pass)."""
+        chunks = [rows] if self.cfg.micro_batch_tokens is None else _micro_batches(self.cfg, b.attn, rows)
+        with torch.no_grad():
+            outs = [_rows_logp(self, model, b, c, with_entropy) for c in chunks]
+        if len(outs) == 1 and chunks[0] is rows:
+            logp, ent = outs[0]
+            return logp.cpu(), None if ent is None else ent.cpu()
+        order = torch.cat(chunks).argsort()
+        logp = torch.cat([o[0] for o in outs]).cpu()[order]
+        ent = None if not with_entropy else torch.cat([o[1] for o in outs]).cpu()[order]
+        return logp, ent
 
     def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]):
         """``(logp, completion_mask)`` of responses under the current policy (no grad)."""
         ids, attn, pos, cmask, P = collate(prompt_ids, completion_ids, self.tok.pad_token_id, self.cfg.max_new_tokens)
         set_mode(self.model, train=False)
-        with torch.no_grad():
-            logp, _ = token_logp(self.model, ids, attn, pos, P, self.cfg.temperature)
+        b = LMBatch(None, None, P, ids, attn, pos, cmask, cmask)
+        logp, _ = self.forward_logp(self.model, b, torch.arange(len(ids)))
         return logp, cmask
 
 
@@ -176,7 +211,25 @@ def build_parts(cfg: LMConfig) -> LMParts:
     if "values" in ADVANTAGES.meta(cfg.advantage)["needs"]:  # a per-prompt value tracker supplies the baselines
         tracker = A.SPOTracker(len(task.train), max_len=cfg.max_new_tokens)
     gen_kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, stop=cfg.stop)
-    return LMParts(cfg, task, tok, rewards, acc_idx, model, opt, params, names, tracker, gen_kw=gen_kw)
+    dtype = compute_dtype(cfg.dtype)
+    backend = make_backend(cfg.generation_backend, model, tok, top_p=cfg.top_p, stop=cfg.stop, dtype=dtype)
+    device = next(model.parameters()).device
+    return LMParts(
+        cfg,
+        task,
+        tok,
+        rewards,
+        acc_idx,
+        model,
+        opt,
+        params,
+        names,
+        tracker,
+        gen_kw=gen_kw,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+    )
 
 
 # ----- RL phases ----------------------------------------------------------------------------------
@@ -200,14 +253,16 @@ def collect(parts: LMParts, rng: np.random.Generator, ctx: SelectionContext) -> 
         n_gen += 1
         idx = _draw_prompts(parts, rng, n_prompts)
         rows = [parts.task.train[i] for i in idx]
+        prompts, backend = [r["prompt"] for r in rows], parts.generation_backend()
         ro = generate(
             parts.model,
             parts.tok,
-            [r["prompt"] for r in rows],
+            prompts,
             torch.as_tensor(idx),
             n_groups,
             cfg.group_size,
             **parts.gen_kw,
+            backend=backend,
         )
         n_groups += len(rows)
         rrows = [parts.task.train[i] for i in ro.prompt_index.tolist()]
@@ -251,16 +306,16 @@ def _token_tensors(parts: LMParts, batch: LMBatch) -> LMBatch:
     sampler = torch.zeros_like(cmask)
     for i, lp in enumerate(ro.sampler_logp):
         sampler[i, : len(lp)] = lp
-    old = ent = ref = None
-    with torch.no_grad():
-        set_mode(parts.model, train=False)
-        if not _on_policy(parts):
-            old, ent = token_logp(parts.model, ids, attn, pos, P, cfg.temperature, with_entropy=True)
-        if parts.ref is not None:
-            with parts.ref.context() as ref_model:
-                ref, _ = token_logp(ref_model, ids, attn, pos, P, cfg.temperature)
     mask = cmask * batch.loss_rows.to(cmask.dtype)[:, None]
-    return LMBatch(ro, batch.loss_rows, P, ids, attn, pos, cmask, mask, None, None, sampler, old, ent, ref)
+    out = LMBatch(ro, batch.loss_rows, P, ids, attn, pos, cmask, mask, None, None, sampler)
+    rows = torch.arange(len(ro))
+    set_mode(parts.model, train=False)
+    if not _on_policy(parts):
+        out.old_logp, out.entropy = parts.forward_logp(parts.model, out, rows, with_entropy=True)
+    if parts.ref is not None:
+        with parts.ref.context() as ref_model:
+            out.ref_logp, _ = parts.forward_logp(ref_model, out, rows)
+    return out
 
 
 def prepare(parts: LMParts, batch: LMBatch, ctx: SelectionContext) -> LMBatch:
@@ -289,17 +344,34 @@ def prepare(parts: LMParts, batch: LMBatch, ctx: SelectionContext) -> LMBatch:
     return S.run_stage(parts.selectors, "advantage", batch, ctx)
 
 
+def _trim(ids: Tensor, attn: Tensor, pos: Tensor, P: int):
+    """Drop the columns that are padding in every row (left of the longest prompt, right of the longest
+    completion; at least one prompt and one completion column stay): ``(ids, attn, pos, P')``."""
+    used = attn.bool().any(0)
+    first = int(used[:P].nonzero().min()) if bool(used[:P].any()) else P - 1
+    last = P + (int(used[P:].nonzero().max()) + 1 if bool(used[P:].any()) else 1)
+    return ids[:, first:last], attn[:, first:last], pos[:, first:last], P - first
+
+
+def _rows_logp(parts: LMParts, model, b: LMBatch, rows: Tensor, with_entropy: bool):
+    """``token_logp`` of ``rows`` of ``b`` on the device under autocast to the compute dtype, ``(len(rows), L)``;
+    with ``micro_batch_tokens`` set, the columns that are padding in all of these rows are not computed
+    (:func:`_trim`; the outputs are zero-padded back to ``L``)."""
+    ids, attn, pos = (t[rows].to(parts.device) for t in (b.ids, b.attn, b.pos))
+    P, L = b.P, b.ids.shape[1] - b.P
+    if parts.cfg.micro_batch_tokens is not None:
+        ids, attn, pos, P = _trim(ids, attn, pos, P)
+    with autocast(parts.device, parts.dtype):
+        logp, ent = token_logp(model, ids, attn, pos, P, parts.cfg.temperature, with_entropy=with_entropy)
+    if logp.shape[1] < L:
+        logp = torch.nn.functional.pad(logp, (0, L - logp.shape[1]))
+        ent = None if ent is None else torch.nn.functional.pad(ent, (0, L - ent.shape[1]))
+    return logp, ent
+
+
 def _micro_loss(parts: LMParts, b: LMBatch, mic, agg: Aggregator, on_policy: bool):
     cfg = parts.cfg
-    logp, ent = token_logp(
-        parts.model,
-        b.ids[mic],
-        b.attn[mic],
-        b.pos[mic],
-        b.P,
-        cfg.temperature,
-        with_entropy=cfg.ent_coef > 0 or on_policy,
-    )
+    logp, ent = _rows_logp(parts, parts.model, b, mic, cfg.ent_coef > 0 or on_policy)
     ref = None if b.ref_logp is None else b.ref_logp[mic]
     old = logp.detach() if on_policy else b.old_logp[mic]
     pb, cstats = PolicyBatch(logp, old, b.adv[mic], b.mask[mic], logp_ref=ref), {}
@@ -329,27 +401,61 @@ class _DenomAggregator:
         return self.agg(x * mask.to(x.dtype), self.denom)
 
 
+def pack_by_tokens(lengths: Tensor, budget: int) -> list[Tensor]:
+    """Micro-batches of at most ``budget`` tokens: positions into ``lengths`` (each row's token count), sorted
+    longest first and packed greedily in that order (a new micro-batch starts when the next row would pass the
+    budget); a row longer than the budget is a micro-batch alone. Sorting by length puts rows of similar length
+    together (little padding)."""
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    out, cur, used = [], [], 0
+    for i, n in zip(order.tolist(), lengths[order].tolist()):
+        if cur and used + n > budget:
+            out.append(torch.tensor(cur))
+            cur, used = [], 0
+        cur.append(i)
+        used += n
+    return out + ([torch.tensor(cur)] if cur else [])
+
+
+def _micro_batches(cfg: LMConfig, attn: Tensor, rows: Tensor) -> list[Tensor]:
+    """``rows`` in micro-batches: ``micro_batch_size`` rows each, or by the ``micro_batch_tokens`` budget of
+    (prompt + completion) tokens (:func:`pack_by_tokens`)."""
+    if cfg.micro_batch_tokens is None:
+        return list(torch.split(rows, cfg.micro_batch_size))
+    return [rows[c] for c in pack_by_tokens(attn[rows].sum(1), cfg.micro_batch_tokens)]
+
+
+_DEVICE_FIELDS = ("ids", "attn", "pos", "mask", "denom_mask", "adv", "sampler_logp", "old_logp", "ref_logp")
+
+
+def _on_device(b: LMBatch, device: torch.device) -> LMBatch:
+    """The token tensors the loss reads, on ``device`` (the same tensors when they are already there)."""
+    moved = {k: getattr(b, k) for k in _DEVICE_FIELDS if getattr(b, k) is not None}
+    return dataclasses.replace(b, **{k: v.to(device, non_blocking=True) for k, v in moved.items()})
+
+
 def optimize(parts: LMParts, b: LMBatch) -> dict[str, list]:
-    """Epochs x mini-batches of optimizer steps, each accumulated over micro-batches with the mini-batch's
-    global aggregation denominators. On the on-policy path, ``b.old_logp`` / ``b.entropy`` are filled from the
-    train pass (statistics)."""
+    """Epochs x mini-batches of optimizer steps, each accumulated over micro-batches (:func:`_micro_batches`)
+    with the mini-batch's global aggregation denominators, on the device. On the on-policy path,
+    ``b.old_logp`` / ``b.entropy`` are filled from the train pass (statistics)."""
     cfg, on_policy = parts.cfg, _on_policy(parts)
     if on_policy:
         b.old_logp, b.entropy = torch.zeros_like(b.cmask), torch.zeros_like(b.cmask)
     set_mode(parts.model, train=True)
     acc: dict[str, list] = {}
-    denom = b.mask if b.denom_mask is None else b.denom_mask
+    d = _on_device(b, parts.device)
+    denom = d.mask if d.denom_mask is None else d.denom_mask
     for _epoch in range(cfg.epochs):
         perm = torch.randperm(len(b))
         for mb in torch.tensor_split(perm, min(cfg.mini_batches, len(b))):
             agg = Aggregator.for_batch(cfg.aggregation, denom[mb], cfg.const_len or cfg.max_new_tokens)
             parts.opt.zero_grad(set_to_none=True)
-            for mic in torch.split(mb, cfg.micro_batch_size):
-                a = agg if b.denom_mask is None else _DenomAggregator(agg, denom[mic])
-                loss, stats, logp, ent = _micro_loss(parts, b, mic, a, on_policy)
+            for mic in _micro_batches(cfg, b.attn, mb):
+                a = agg if d.denom_mask is None else _DenomAggregator(agg, denom[mic])
+                loss, stats, logp, ent = _micro_loss(parts, d, mic, a, on_policy)
                 loss.backward()
                 if on_policy:
-                    b.old_logp[mic], b.entropy[mic] = logp, ent
+                    b.old_logp[mic], b.entropy[mic] = logp.to(b.old_logp.device), ent.to(b.entropy.device)
                 for k, v in stats.items():
                     acc.setdefault(k, []).append(v)
             if cfg.max_grad_norm is not None:
@@ -361,7 +467,7 @@ def optimize(parts: LMParts, b: LMBatch) -> dict[str, list]:
 def step_metrics(parts: LMParts, b: LMBatch, acc: dict[str, list], ctx: SelectionContext, times: dict) -> dict:
     """The RL step's metrics (tensors; logged with one host sync)."""
     cfg, ro = parts.cfg, b.rollout
-    sums = {k: torch.stack(v).float() for k, v in acc.items()}
+    sums = {k: torch.stack(v).float().cpu() for k, v in acc.items()}
     m_adv = b.adv[b.mask > 0] if (b.mask > 0).any() else torch.zeros(1)
     lengths = torch.tensor([len(c) for c in ro.completion_ids], dtype=torch.float32)
 
@@ -467,7 +573,9 @@ class WarmStart(Phases):
 
     def update(self, run: Run, rows: list[dict]) -> dict[str, Any]:
         cfg, it = self.cfg, run.iteration
-        stats: dict[str, Any] = {"loss/sft": sft_step(self.parts.model, self.parts.tok, rows, self.opt)}
+        stats: dict[str, Any] = {
+            "loss/sft": sft_step(self.parts.model, self.parts.tok, rows, self.opt, self.parts.dtype)
+        }
         if cfg.sft_target_accuracy > 0 and it % cfg.sft_check_every == 0 and it < self.iterations:
             acc = self.parts.evaluate(self.check_rows)["accuracy"]
             stats["sft/train_accuracy"] = acc
@@ -627,7 +735,9 @@ def evaluate_run(
     tok = load_tokenizer(str(mdir), None)
     rewards = RewardSet(dict(cfg.rewards) or task.default_rewards, task.scorer)
     acc_idx = rewards.names.index(cfg.accuracy_reward or rewards.names[0])
-    model = AutoModelForCausalLM.from_pretrained(str(mdir))
+    model = AutoModelForCausalLM.from_pretrained(str(mdir)).to(resolve_device(cfg.device))
+    dtype = compute_dtype(cfg.dtype)
+    backend = make_backend(cfg.generation_backend, model, tok, top_p=cfg.top_p, stop=cfg.stop, dtype=dtype)
     rows = task.test[:episodes] if episodes else task.test
     res = evaluate_model(
         model,
@@ -641,6 +751,7 @@ def evaluate_run(
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         stochastic=not deterministic,
+        backend=backend,
     )
     return {**res, "prompts": len(rows), "decoding": "sampled" if not deterministic else "greedy"}
 

@@ -152,7 +152,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
-    """The global RNG states a training loop draws from (torch, numpy's legacy global, Python)."""
+    """The global RNG states a training loop draws from (torch, numpy's legacy global, Python, CUDA if initialized)."""
     np_state = np.random.get_state()
     py = random.getstate()
     return {
@@ -164,11 +164,15 @@ def rng_state() -> dict[str, Any]:
             "cached": float(np_state[4]),
         },
         "python": [py[0], list(py[1]), py[2]],
+        # the CUDA generators (sampling on a GPU draws from them), once CUDA is in use
+        **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_initialized() else {}),
     }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
     n = state["numpy"]
     np.random.set_state(("MT19937", np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     py = state["python"]
