@@ -64,6 +64,17 @@ class LMConfig:
         check=nonneg,
     )
     stop: list[str] = opt([], "stop strings (besides EOS)")
+    # asynchronous generation (policyopt.lm.asynchronous; docs/scaling.md)
+    async_workers: int = opt(
+        0, "generation workers (Ray actors) beside the learner (0 = generate in the learner)", check=nonneg
+    )
+    max_staleness: int = opt(
+        1,
+        "async: batch i is generated with the policy of optimizer step max(0, i - max_staleness) (0 = on-policy, "
+        "the synchronous run's numbers)",
+        check=nonneg,
+    )
+    ray_address: str | None = opt(None, "async: Ray cluster to connect to (None = start a local Ray; 'auto')")
     # advantages and loss
     advantage: str = opt("grpo", "advantage estimator", choices=ADVANTAGES)
     std_eps: float = opt(1e-6, "epsilon added to the group std", check=nonneg)
@@ -205,6 +216,11 @@ class LMConfig:
         if selection.overlong_buffer(self) >= self.max_new_tokens:
             raise UserError(f"config key 'overlong_buffer'={self.overlong_buffer} must be < max_new_tokens")
         distributed.check_config(self, distributed.launch_size())
+        if self.async_workers and "values" in ADVANTAGES.meta(self.advantage)["needs"]:
+            raise UserError(
+                f"config key 'async_workers'={self.async_workers}: advantage {self.advantage!r} draws prompts by the "
+                "learner's value tracker, which generation workers do not have; use async_workers=0"
+            )
         for k, v in self.rewards.items():
             if finite_number(v) is None:
                 raise UserError(f"config key 'rewards.{k}' must be a finite number (a reward weight), got {v!r}")

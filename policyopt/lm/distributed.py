@@ -249,6 +249,11 @@ def check_config(cfg: Any, size: int) -> None:
     check_shards(selection.prompts_to_draw(names, cfg, cfg.prompts_per_step), cfg.rollout_shards, size)
     if size == 1:
         return
+    if cfg.async_workers:
+        raise UserError(
+            f"config key 'async_workers'={cfg.async_workers} cannot be combined with WORLD_SIZE={size} data-parallel "
+            "ranks; use async_workers=0 under torchrun, or one process with generation workers"
+        )
     if ADVANTAGES.meta(cfg.advantage)["scope"] != "group":
         group = [n for n, _ in ADVANTAGES.items() if ADVANTAGES.meta(n)["scope"] == "group"]
         raise UserError(

@@ -517,13 +517,19 @@ def step_metrics(parts: LMParts, b: LMBatch, acc: dict[str, list], ctx: Selectio
     return metrics
 
 
-def collect_step(parts: LMParts, step: int, rng: np.random.Generator) -> tuple[SelectionContext, LMBatch, float]:
-    """The collect phase of RL step ``step`` (1-based): learning rate, generation, generation-stage selection."""
+def set_lr(parts: LMParts, step: int) -> None:
+    """The learning rate of RL step ``step`` (1-based) from the schedule."""
     cfg = parts.cfg
     lr = Schedule(cfg.lr_schedule, cfg.learning_rate, cfg.total_steps)(step)
     for g in parts.opt.param_groups:
         g["lr"] = lr
-    ctx = SelectionContext(cfg, step, tracker=parts.tracker, score=parts.score)
+
+
+def collect_step(parts: LMParts, step: int, rng: np.random.Generator) -> tuple[SelectionContext, LMBatch, float]:
+    """The collect phase of RL step ``step`` (1-based): learning rate, generation, generation-stage selection
+    (prompts from ``rng``, sampling from torch's global generator)."""
+    set_lr(parts, step)
+    ctx = SelectionContext(parts.cfg, step, tracker=parts.tracker, score=parts.score)
     t0 = time.time()
     batch = collect(parts, rng, ctx)
     return ctx, batch, time.time() - t0
@@ -594,9 +600,10 @@ class WarmStart(Phases):
 
 
 class RL(Phases):
-    """The RL stage: :func:`collect_step` / :func:`update_step` per iteration, held-out accuracy before the
-    first step and at the end. The KL reference is the policy when this stage starts; the prompt sampler is the
-    named seed stream ``prompts``; ``samples.jsonl`` is cut back to the checkpoint on resume."""
+    """The RL stage: a batch from the :class:`~policyopt.lm.asynchronous.BatchSource` (generated here, or by
+    generation workers) then :func:`update_step` per iteration, held-out accuracy before the first step and at
+    the end. The KL reference is the policy when this stage starts; batch ``i``'s prompts and sampling noise
+    come from seed streams keyed by ``i``; ``samples.jsonl`` is cut back to the checkpoint on resume."""
 
     name = "rl"
 
@@ -612,6 +619,9 @@ class RL(Phases):
         run.counters.update(acc_before=None, samples_lines=0, shortfall_warned=False)
         self.samples = run.dir / "samples.jsonl"
         self.reward: float | None = None
+        from policyopt.lm.asynchronous import batch_source  # (it imports this module)
+
+        self.source = batch_source(parts, run)
 
     def begin(self, run: Run) -> None:
         self.parts.world.broadcast_params(self.parts.model)  # every rank starts RL from rank 0's weights
@@ -629,10 +639,12 @@ class RL(Phases):
             print(f"held-out accuracy before RL: {acc:.3f} ({len(self.parts.task.test)} prompts)", flush=True)
 
     def collect(self, run: Run):
-        return collect_step(self.parts, run.iteration, run.seeds.numpy("prompts"))
+        set_lr(self.parts, run.iteration)
+        return self.source.next(run)
 
     def update(self, run: Run, collected) -> dict[str, Any]:
         metrics, batch = update_step(self.parts, *collected)
+        self.source.updated(run)
         if batch is not None:
             self.reward = float(metrics["reward/mean"])
             truncated = float(metrics["completion/truncation_rate"])
@@ -664,6 +676,7 @@ class RL(Phases):
         }
 
     def end(self, run: Run) -> None:
+        self.source.close()
         if run.writer:
             save_pretrained(self.parts.model, self.parts.tok, run.dir / "model", bool(self.cfg.lora_r))
 
@@ -701,12 +714,20 @@ def train(cfg: LMConfig, run_dir: str | Path, resume: bool = False, **run_info: 
     rank 0 writes ``run_dir``."""
     world = D.world()
 
+    stages: list[Phases] = []
+
     def build(run: Run) -> list[Phases]:
         parts = build_parts(cfg, world)
         run.track("model", parts.model)
-        return [*([WarmStart(parts, run)] if cfg.sft_steps else []), RL(parts, run)]
+        stages.extend([*([WarmStart(parts, run)] if cfg.sft_steps else []), RL(parts, run)])
+        return stages
 
-    return execute(FAMILY, cfg, run_dir, resume, build, info=run_info, writer=world.is_main)
+    try:
+        return execute(FAMILY, cfg, run_dir, resume, build, info=run_info, writer=world.is_main)
+    finally:  # generation workers end with the run, however it ends
+        for stage in stages:
+            if isinstance(stage, RL):
+                stage.source.close()
 
 
 def evaluate_run(
