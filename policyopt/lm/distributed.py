@@ -5,7 +5,7 @@ collectives are the identity, so the trainer calls them unconditionally. Under `
 in the environment, with ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``) it gets a
 :class:`ProcessGroup`: ``torch.distributed`` started with gloo on CPU or nccl on CUDA.
 
-What is sharded (see ``docs/scaling-data-parallel.md``): every rank draws the same prompts for a step and
+What is sharded (see ``docs/scaling.md, "Data-parallel training"``): every rank draws the same prompts for a step and
 generates the completions of its own contiguous slice of them (whole prompt groups, so group advantages stay
 local); the aggregation denominators (sequences and tokens of the mini-batch) are summed over the ranks before
 the loss, so the sum of the ranks' gradients, reduced by :meth:`World.reduce_grads`, is the gradient of the
