@@ -261,8 +261,16 @@ class Run:
                 "iteration": self.iteration,
                 "metrics_rows": self.logger.rows if self.logger else 0,
             },
-            "rng": {"global": rng_state(), "streams": self.seeds.state_dict()},
+            "rng": {"global": self.global_rng_state(), "streams": self.seeds.state_dict()},
         }
+
+    def global_rng_state(self) -> dict[str, Any]:
+        """The state of the generators the run draws from besides its named streams: the process-global ones
+        (a population member overrides this with its own generators)."""
+        return rng_state()
+
+    def set_global_rng_state(self, state: dict[str, Any]) -> None:
+        set_rng_state(state)
 
     def save(self) -> None:
         """Checkpoint every tracked part, the counters and every RNG (refused if any tensor is non-finite)."""
@@ -281,7 +289,7 @@ class Run:
         self.stage_index, self.iteration = int(life["stage"]), int(life["iteration"])
         self._metrics_rows = int(life["metrics_rows"])
         rng = state.pop("rng")
-        set_rng_state(rng["global"])
+        self.set_global_rng_state(rng["global"])
         self.seeds.load_state_dict(rng["streams"])
         self._restored = state
         for name in list(self.parts):
@@ -523,12 +531,41 @@ def execute(
     started (CLI, bench, Python), can be evaluated and resumed. ``resume`` of a run that died before its
     first checkpoint starts it afresh with its saved config. ``seed``, ``tensorboard`` and ``progress``
     default to the config's fields of those names, and the config's ``threads`` (if any) sets torch's."""
+    seed, tensorboard, progress = run_settings(cfg, seed, tensorboard, progress)
+    run_dir = Path(run_dir)
+    resume, fresh_dir = open_run_dir(family, cfg, run_dir, resume, info)
+    run: Run | None = None
+    try:
+        with sigterm_interrupts():
+            run = Run(run_dir, cfg, resume=resume, seed=seed, tensorboard=tensorboard, progress=progress)
+            stages = build(run)
+            if resume:
+                run.restore()
+            result = run_stages(run, stages)
+    except BaseException as e:
+        record_failure(run_dir, e, remove=fresh_dir and not resume, logger=run.logger if run else None)
+        raise
+    rundir.write_info(run_dir, status="finished")
+    return result
+
+
+def run_settings(cfg: Any, seed: int | None, tensorboard: bool | None, progress: Any) -> tuple[int, bool, Any]:
+    """``seed``, ``tensorboard`` and ``progress`` defaulting to the config's fields of those names; sets torch's
+    threads from the config's ``threads`` (if any)."""
     seed = int(cfg.seed) if seed is None else seed
     tensorboard = bool(getattr(cfg, "tensorboard", True)) if tensorboard is None else tensorboard
     progress = getattr(cfg, "progress", None) if progress is _FROM_CONFIG else progress
     if getattr(cfg, "threads", None):
         torch.set_num_threads(int(cfg.threads))
-    run_dir = Path(run_dir)
+    return seed, tensorboard, progress
+
+
+def open_run_dir(
+    family: Family, cfg: Any, run_dir: Path, resume: bool, info: Mapping[str, Any] | None
+) -> tuple[bool, bool]:
+    """Create a fresh run directory (or reopen one to resume: stale temporaries removed, a run that died before
+    its first checkpoint cleared), write ``config.yaml`` and ``run.json`` (status ``running``). Returns
+    ``(resume, fresh_dir)``: whether there is a checkpoint to resume from, and whether the folder held nothing."""
     fresh_dir = not run_dir.exists() or not any(run_dir.iterdir())
     if resume:
         rundir.read_info(run_dir)
@@ -542,41 +579,44 @@ def execute(
     rundir.write_info(
         run_dir, family=family.name, module=type(cfg).__module__, status="running", error=None, **dict(info or {})
     )
-    old = signal.getsignal(signal.SIGTERM)
-    installed = False
-    run: Run | None = None
-    try:
+    return resume, fresh_dir
+
+
+class sigterm_interrupts:  # noqa: N801 - used as a context manager
+    """Within the block SIGTERM raises :class:`KeyboardInterrupt` (the run records ``interrupted``); the previous
+    handler is restored after. Outside the main thread SIGTERM is left alone."""
+
+    def __enter__(self):
+        self.old = signal.getsignal(signal.SIGTERM)
         try:
             signal.signal(signal.SIGTERM, _on_sigterm)
-            installed = True
-        except ValueError:  # not the main thread: leave SIGTERM alone
-            pass
-        run = Run(run_dir, cfg, resume=resume, seed=seed, tensorboard=tensorboard, progress=progress)
-        stages = build(run)
-        if resume:
-            run.restore()
-        result = run_stages(run, stages)
-    except KeyboardInterrupt:
+            self.installed = True
+        except ValueError:
+            self.installed = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+def record_failure(run_dir: Path, e: BaseException, *, remove: bool, logger: MetricLogger | None = None) -> None:
+    """Record why a run stopped in its ``run.json``: ``interrupted`` (Ctrl-C, SIGTERM), ``failed`` with the
+    error's first line, or, for bad input found while building (an environment that cannot be made, a model
+    that cannot be loaded), remove a fresh run directory that holds nothing yet (``remove`` and no checkpoint)
+    so the same ``--out`` can be reused."""
+    if isinstance(e, KeyboardInterrupt):
         rundir.write_info(run_dir, status="interrupted")
-        raise
-    except UserError:
-        # bad input found while building (an environment that cannot be made, a model that cannot be
-        # loaded): a fresh run directory that holds nothing yet is removed, so the same --out can be reused
-        if fresh_dir and not resume and not rundir.checkpoint_path(run_dir).exists():
-            if run is not None and run.logger is not None:
-                run.logger.close()
+    elif isinstance(e, UserError):
+        if remove and not rundir.checkpoint_path(run_dir).exists():
+            if logger is not None:
+                logger.close()
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
             rundir.write_info(run_dir, status="failed", error="bad input")
-        raise
-    except BaseException as e:
+    else:
         rundir.write_info(run_dir, status="failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise
-    finally:
-        if installed:
-            signal.signal(signal.SIGTERM, old)
-    rundir.write_info(run_dir, status="finished")
-    return result
 
 
 def _clear_partial(run_dir: Path) -> None:
