@@ -1,0 +1,120 @@
+"""Off-policy populations: member k equals the single run with seed k, members do not interact, a population
+resumes exactly, and every member's directory is an ordinary run (evaluated and resumed as a single run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from policyopt import algos, api
+from policyopt.control.offpolicy import train
+from policyopt.control.offpolicy_population import population_unsupported, train_population
+from policyopt.runs.checkpoint import load_checkpoint
+from policyopt.runs.rundir import checkpoint_path
+
+TINY = dict(
+    actor_hidden=(16, 16),
+    critic_hidden=(16, 16),
+    batch_size=32,
+    learning_starts=64,
+    total_steps=300,
+    checkpoint_every=200,  # the environments are re-seeded once mid-run
+    tensorboard=False,
+    progress=False,
+    eval_episodes=2,
+)
+NETS = ("actor", "critic", "critic_target", "actor_target")
+
+
+def _cfg(algo: str, seed: int, **kw):
+    return algos.build_config(algo, sets={**TINY, "seed": seed, **kw}, flags={"env_id": "Pendulum-v1"})
+
+
+def _state(run_dir) -> dict:
+    return load_checkpoint(checkpoint_path(run_dir))
+
+
+def _assert_nets(a: dict, b: dict, atol: float) -> None:
+    assert a["counters"]["num_updates"] == b["counters"]["num_updates"] > 100
+    for key in NETS:
+        if key in a:
+            for name, t in a[key].items():
+                torch.testing.assert_close(t, b[key][name], rtol=0, atol=atol, msg=f"{key}.{name}")
+
+
+@pytest.fixture(scope="module")
+def sac_pop(tmp_path_factory):
+    """SAC members with seeds 3 and 5 and different learning rates (the per-member Adam path)."""
+    d = tmp_path_factory.mktemp("sac_pop")
+    cfgs = [_cfg("sac", 3), _cfg("sac", 5, critic_lr=5e-4, actor_lr=2e-4)]
+    results = train_population(cfgs, [d / "m0", d / "m1"])
+    return d, cfgs, results
+
+
+def test_sac_member_equals_the_single_run_with_its_seed(sac_pop, tmp_path):
+    d, cfgs, results = sac_pop
+    single = train(cfgs[1], tmp_path / "single")
+    a, b = _state(d / "m1"), _state(tmp_path / "single")
+    _assert_nets(a, b, atol=1e-5)
+    torch.testing.assert_close(a["temperature"]["log_alpha"], b["temperature"]["log_alpha"], rtol=0, atol=1e-5)
+    # the same draws in the same order: the member's generator ends where the single run's global one does
+    assert torch.equal(a["rng"]["global"]["torch"], b["rng"]["global"]["torch"])
+    assert results[1]["eval_return_mean"] == pytest.approx(single["eval_return_mean"], abs=1e-2)
+
+
+def test_td3_member_equals_the_single_run_with_its_seed(tmp_path):
+    train_population([_cfg("td3", 3), _cfg("td3", 5)], [tmp_path / "m0", tmp_path / "m1"])
+    train(_cfg("td3", 5), tmp_path / "single")
+    a, b = _state(tmp_path / "m1"), _state(tmp_path / "single")
+    _assert_nets(a, b, atol=1e-5)
+    assert torch.equal(a["rng"]["global"]["torch"], b["rng"]["global"]["torch"])
+
+
+def test_members_do_not_interact(sac_pop, tmp_path):
+    """Another seed for member 0 leaves member 1 bit for bit unchanged."""
+    d, cfgs, _ = sac_pop
+    train_population([_cfg("sac", 11), cfgs[1]], [tmp_path / "m0", tmp_path / "m1"])
+    a, b = _state(d / "m1"), _state(tmp_path / "m1")
+    _assert_nets(a, b, atol=0)
+    assert not torch.equal(_state(d / "m0")["actor"]["net.0.weight"], _state(tmp_path / "m0")["actor"]["net.0.weight"])
+
+
+def test_population_resume_is_exact_and_a_member_resumes_as_a_single_run(sac_pop, tmp_path):
+    """Stopping at the step-200 checkpoint (a shorter budget) and resuming gives the uninterrupted population bit
+    for bit; the member's checkpoint is also an ordinary single-run checkpoint that the single trainer resumes."""
+    d, cfgs, _ = sac_pop
+    short = [_cfg("sac", 3, total_steps=200), _cfg("sac", 5, total_steps=200, critic_lr=5e-4, actor_lr=2e-4)]
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    train_population(short, dirs)
+    (tmp_path / "alone").mkdir()
+    for name in ("config.yaml", "run.json"):
+        (tmp_path / "alone" / name).write_bytes((dirs[1] / name).read_bytes())
+    (tmp_path / "alone" / "checkpoints").mkdir()
+    checkpoint_path(tmp_path / "alone").write_bytes(checkpoint_path(dirs[1]).read_bytes())
+    train_population(cfgs, dirs, resume=True)
+    for k in range(2):
+        a, b = _state(d / f"m{k}"), _state(dirs[k])
+        _assert_nets(a, b, atol=0)
+        assert a["counters"] == b["counters"]
+        assert torch.equal(a["buffer"]["obs"], b["buffer"]["obs"])
+    train(cfgs[1], tmp_path / "alone", resume=True)
+    _assert_nets(_state(d / "m1"), _state(tmp_path / "alone"), atol=1e-5)
+
+
+def test_member_directory_is_evaluable(sac_pop):
+    d, _, results = sac_pop
+    res = api.evaluate(d / "m0", save=False)
+    assert res["return_mean"] == pytest.approx(results[0]["eval_return_mean"], abs=1e-6)
+    assert json.loads((d / "m0" / "eval.json").read_text())["return_mean"] == pytest.approx(res["return_mean"])
+    info = json.loads((d / "m0" / "run.json").read_text())
+    assert info["status"] == "finished" and info["population"] == {"index": 0, "size": 2}
+
+
+def test_population_unsupported_names_the_key():
+    assert population_unsupported([_cfg("sac", 1), _cfg("sac", 2, alpha_init=0.5)]) is None
+    reason = population_unsupported([_cfg("mdpo_off", 1)])
+    assert "'actor_loss'='mdpo_off'" in reason and "sac" in reason
+    reason = population_unsupported([_cfg("sac", 1), _cfg("sac", 2, gamma=0.9)])
+    assert "'gamma'" in reason and "actor_lr" in reason
