@@ -111,6 +111,31 @@ def _ensemble_view(t: Tensor, k: int, is_weight: bool) -> Tensor:
     return t[k]
 
 
+THIN = 8  # layers with at most this many outputs (Q-values, actions) run transposed (see _ThinLayer)
+
+
+class _ThinLayer(torch.autograd.Function):
+    """``bias + h @ w`` for stacks ``h (G, B, d_in)``, ``w (G, d_in, d_out)`` with few output columns, computed as
+    ``(bias^T + w^T h^T)^T`` with the backward transposed alike (``dw = (g^T h)^T``, ``dh = (w g^T)^T``, an outer
+    product for one column): the same sums in the orientation that this CPU build's batched product runs at its
+    arithmetic rate (the direct product with one to a few columns is several times slower)."""
+
+    @staticmethod
+    def forward(ctx, bias: Tensor, h: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(h, w)
+        return torch.baddbmm(bias.transpose(1, 2), w.transpose(1, 2), h.transpose(1, 2)).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        h, w = ctx.saved_tensors
+        gb = g.sum(1, keepdim=True) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(g.transpose(1, 2), h).transpose(1, 2) if ctx.needs_input_grad[2] else None
+        gh = None
+        if ctx.needs_input_grad[1]:
+            gh = g * w.transpose(1, 2) if w.shape[-1] == 1 else torch.bmm(w, g.transpose(1, 2)).transpose(1, 2)
+        return gb, gh, gw
+
+
 class StackedMLP:
     """``S`` members of ``E`` MLPs each, made from ``S`` single-run modules (``templates``: actors, whose
     ``nn.Linear`` layers are stacked, or critic :class:`~policyopt.control.networks.EnsembleMLP`); layer ``i`` is a leaf
@@ -160,8 +185,8 @@ class StackedMLP:
             if h.dim() == 3:
                 h = h.unsqueeze(1).expand(S, E, *h.shape[1:])
             B = h.shape[2]
-            h = torch.baddbmm(b.reshape(S * E, 1, -1), h.reshape(S * E, B, -1), w.reshape(S * E, *w.shape[2:]))
-            h = h.view(S, E, B, -1)
+            args = (b.reshape(S * E, 1, -1), h.reshape(S * E, B, -1), w.reshape(S * E, *w.shape[2:]))
+            h = (_ThinLayer.apply(*args) if w.shape[-1] <= THIN else torch.baddbmm(*args)).reshape(S, E, B, -1)
             if i < n - 1:
                 h = self.act(h)
         return h
