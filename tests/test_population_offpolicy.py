@@ -118,3 +118,39 @@ def test_population_unsupported_names_the_key():
     assert "'actor_loss'='mdpo_off'" in reason and "sac" in reason
     reason = population_unsupported([_cfg("sac", 1), _cfg("sac", 2, gamma=0.9)])
     assert "'gamma'" in reason and "actor_lr" in reason
+
+
+@pytest.mark.parametrize("d_out", [1, 3])
+def test_thin_layer_matches_baddbmm_and_its_autograd(d_out):
+    from policyopt.control.offpolicy_population import _ThinLayer
+
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(s, generator=g, dtype=torch.float64) for s in ((4, 1, d_out), (4, 7, 5), (4, 5, d_out))]
+    ref = [a.clone().requires_grad_() for a in args]
+    ours = [a.clone().requires_grad_() for a in args]
+    up = torch.randn(4, 7, d_out, generator=g, dtype=torch.float64)
+    (torch.baddbmm(*ref) * up).sum().backward()
+    out = _ThinLayer.apply(*ours)
+    (out * up).sum().backward()
+    torch.testing.assert_close(out, torch.baddbmm(*args))
+    for r, o in zip(ref, ours):
+        torch.testing.assert_close(o.grad, r.grad)
+
+
+def test_per_member_clip_equals_the_single_clip_on_each_member():
+    from policyopt.control.offpolicy_population import clip_grad_norm_members
+    from policyopt.optim import clip_grad_norm
+
+    g = torch.Generator().manual_seed(1)
+    stacked = [torch.zeros(3, 4, 5, requires_grad=True), torch.zeros(3, 1, 5, requires_grad=True)]
+    for p, scale in zip(stacked, (1.0, 10.0)):
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    singles = [[torch.zeros(p.shape[1:], requires_grad=True) for p in stacked] for _ in range(3)]
+    for k, params in enumerate(singles):
+        for p, s in zip(params, stacked):
+            p.grad = s.grad[k].clone()
+    norms = clip_grad_norm_members(stacked, 2.0)
+    for k, params in enumerate(singles):
+        torch.testing.assert_close(norms[k], clip_grad_norm(params, 2.0))
+        for p, s in zip(params, stacked):
+            torch.testing.assert_close(s.grad[k], p.grad)

@@ -21,7 +21,7 @@ rate measured on the update's largest matmul shape, times ``C`` cores.
 
     python benchmarks/population/offpolicy.py sac [--seeds 5] [--steps 20000] [--json out.json]
     python benchmarks/population/offpolicy.py td3 [--seeds 3] [--steps 100000] [--json out.json]
-    python benchmarks/population/offpolicy.py sac --quick      # smoke check (2 seeds, 1000 steps)
+    python benchmarks/population/offpolicy.py sac --quick      # smoke check (2 seeds, 600 steps)
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "offpolicy"))
 
 EXPERIMENTS = {
-    "sac": dict(env_id="Pendulum-v1", seeds=5, steps=20_000, quick_steps=1_000),
-    "td3": dict(env_id="Hopper-v5", seeds=3, steps=100_000, quick_steps=1_000),
+    "sac": dict(env_id="Pendulum-v1", seeds=5, steps=20_000, quick_steps=600),
+    "td3": dict(env_id="Hopper-v5", seeds=3, steps=100_000, quick_steps=600),
 }
 
 
@@ -180,7 +180,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--cores", type=int, default=os.cpu_count())
     p.add_argument("--layout", choices=("split", "one"), default="split")
-    p.add_argument("--quick", action="store_true", help="smoke check: 2 seeds, 1000 steps")
+    p.add_argument("--quick", action="store_true", help="smoke check: 2 seeds, 600 steps")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
