@@ -12,8 +12,11 @@ resumed and reported.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,50 @@ def train(
     fam = family_of(cfg)
     info = {"algo": algo, **run_info} if algo else dict(run_info)
     return fam.load("train")(cfg, Path(out), resume=resume, **info)
+
+
+def train_population(
+    cfgs: Sequence[Any] | tuple[Any, Sequence[int] | str],
+    out_dirs: str | Path | Sequence[str | Path],
+    resume: bool = False,
+    *,
+    algo: str | None = None,
+    population: str = "auto",
+    note: Callable[[str], None] | None = None,
+    **run_info: Any,
+) -> list[dict[str, Any]]:
+    """Train a population: ``cfgs`` (configs that differ only in ``seed`` and the per-member keys the family's
+    batched trainer declares) or ``(cfg, seeds)`` (``seeds`` a list or a string such as ``"0-9"``), into
+    ``out_dirs`` (one run directory per member, or one folder that gets ``seed-K`` per member). Returns one result
+    per member, in order.
+
+    The family's batched trainer trains them in one process when it has one that supports these configs
+    (``population="auto"``); otherwise, or with ``population="off"``, the members train one after another through
+    the ordinary single-run path. ``note`` receives one line saying which (default: printed to stderr). With
+    ``resume`` a member that already finished with its config is not trained again and the others continue."""
+    from policyopt.runs import members
+    from policyopt.runs.lifecycle import family_of
+
+    if isinstance(cfgs, tuple) and len(cfgs) == 2 and not hasattr(cfgs[1], "__dataclass_fields__"):
+        base, seeds = cfgs
+        seeds = members.parse_seeds(seeds) if isinstance(seeds, str) else [int(s) for s in seeds]
+        cfgs = [dataclasses.replace(copy.deepcopy(base), seed=s) for s in seeds]
+    cfgs = list(cfgs)
+    if isinstance(out_dirs, str | Path):
+        dirs = [members.member_dir(out_dirs, c.seed) for c in cfgs]
+    else:
+        dirs = [Path(d) for d in out_dirs]
+    if not cfgs:
+        raise UserError("a population needs at least one member")
+    fam = family_of(cfgs[0])
+    members.check_members(cfgs, dirs, members.per_member_keys(fam))
+    if not resume:  # refuse before any member trains
+        for d in dirs:
+            rundir.check_new_run_dir(d)
+    batched, line = members.plan(fam, cfgs, population)
+    (note or (lambda text: sys.stderr.write(f"policyopt: {text}\n")))(line)
+    info = {"algo": algo, **run_info} if algo else dict(run_info)
+    return members.run_members(fam, cfgs, dirs, resume=resume, batched=batched, infos=[info] * len(cfgs))
 
 
 def resume(run_dir: str | Path, *, total_steps: int | None = None, progress: bool | None = None) -> dict[str, Any]:

@@ -100,6 +100,15 @@ def run_copy(damage: dict[str, str | bytes] | None = None) -> Callable:
     return setup
 
 
+def population_copy() -> Callable:
+    """Copy the trained run to ./pop/seed-0 (a population folder with one member)."""
+
+    def setup(tmp: Path, mp, run: Path) -> None:
+        shutil.copytree(run, tmp / "pop" / "seed-0")
+
+    return setup
+
+
 def denied(kind: str) -> Callable:
     """A folder ./locked that is not writable (os.access) or on a read-only file system (statvfs), or where
     creating a folder fails with EROFS; simulated because tests may run as root."""
@@ -195,6 +204,20 @@ CASES = {
         ["train", "ppo", "--seed", "18446744073709551616"], ("--seed", "'18446744073709551616'", "[0, 4294967295]")
     ),
     "--seed 2**64": C(["train", "ppo", "--seed", "2**64"], ("--seed", "'2**64'", "[0, 4294967295]")),
+    "--seeds backwards": C(["train", "ppo", "--seeds", "5-3"], ("--seeds '5-3'", "runs backwards")),
+    "--seeds empty item": C(["train", "ppo", "--seeds", "0,,2"], ("--seeds '0,,2'", "''", "0-4,7")),
+    "--seeds negative": C(["train", "ppo", "--seeds=-1-3"], ("--seeds '-1-3'", "neither a seed nor a range")),
+    "--seeds over the limit": C(["train", "ppo", "--seeds", "0-4294967296"], ("'4294967296'", "[0, 4294967295]")),
+    "--seeds too many": C(["train", "ppo", "--seeds", "0-99999"], ("100000 seeds", "at most 4096")),
+    "--seeds repeated": C(["train", "ppo", "--seeds", "0-4,3"], ("seed 3 twice",)),
+    "--seeds with --seed": C(["train", "ppo", "--seed", "1", "--seeds", "0-2"], ("--seed and --seeds",)),
+    "--seeds config": C(["config", "ppo", "--seeds", "x"], ("--seeds 'x'", "'x' is not a seed")),
+    "--seeds --out holds a member": C(
+        ["train", "ppo", "--seeds", "0-1", "--out", "pop"],
+        ("'pop'", "member seed-0", "--resume pop --seeds 0-1"),
+        population_copy(),
+    ),
+    "--resume --seeds no member": C(["train", "--resume", "run", "--seeds", "0-1"], ("'run'", "no member")),
     "--set seed=-1": C(["train", "sac", "--set", "seed=-1"], ("'seed'", "-1", "[0, 4294967295]")),
     "threads=1e20": C(["train", "ppo", "--set", "threads=1e20"], ("'threads'", "100000000000000000000", "[1, 1024]")),
     "n_steps=1e12": C(

@@ -150,3 +150,27 @@ def test_config_never_crashes(case):
         if _no_nan(printed):
             assert yaml.safe_load(yaml.safe_dump(printed)) == yaml.safe_load(_run(["config", algo] + argv[2:])[1])
         assert type(again) is cls
+
+
+seed_items = st.one_of(
+    st.integers(-3, 2**33).map(str),
+    st.tuples(st.integers(-3, 2**33), st.integers(-3, 2**33)).map(lambda t: f"{t[0]}-{t[1]}"),
+    st.tuples(st.integers(0, 50), st.integers(0, 50)).map(lambda t: f"{t[0]}-{t[1]}"),
+    _text(4),
+)
+seed_specs = st.one_of(st.lists(seed_items, min_size=0, max_size=4).map(",".join), _text(12), st.sampled_from(WEIRD))
+
+
+@settings(max_examples=25, deadline=10_000, database=None, derandomize=True)
+@given(seed_specs)
+def test_config_seeds_never_crash(text):
+    """``--seeds`` of any text: exit 0 with the first member's config, or exit 2 with one line."""
+    from policyopt.runs.members import parse_seeds
+
+    code, out, err = _run(["config", "ppo", f"--seeds={text}"])
+    assert "Traceback" not in err, err
+    assert code in (0, 2), (code, err)
+    if code == 2:
+        assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    else:
+        assert yaml.safe_load(out)["seed"] == parse_seeds(text)[0]

@@ -214,3 +214,15 @@ def test_a_member_with_a_non_finite_loss_fails_alone(tmp_path):
     assert torch.equal(_w(dirs[0]), _w(tmp_path / "s"))
     with pytest.raises(NonFiniteLoss):
         train_pop([PopConfig(seed=1, nan_at=2)], [tmp_path / "all"])
+
+
+def test_bad_input_while_building_removes_the_fresh_member_directories(tmp_path):
+    from policyopt.errors import UserError
+
+    def build(pop):
+        raise UserError("environment cannot be made")
+
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    with pytest.raises(UserError):
+        population.execute_population(FAMILY, [PopConfig(seed=1), PopConfig(seed=2)], dirs, False, build)
+    assert not any(d.exists() for d in dirs)

@@ -127,7 +127,7 @@ def _train_cell(job: dict[str, Any], run_dir: Path, out: dict[str, Any]) -> dict
     from policyopt.runs import rundir
 
     t0 = time.time()
-    bench = {"bench": {"target": job["target"], "seed": job["seed"], "digest": job["digest"]}}
+    bench = _bench_info(job)
     try:
         algo = algos.get(job["algo"])
         resume = rundir.checkpoint_path(run_dir).exists() and (run_dir / "run.json").exists()
@@ -140,15 +140,108 @@ def _train_cell(job: dict[str, Any], run_dir: Path, out: dict[str, Any]) -> dict
             api.train(cfg, run_dir, algo=job["algo"], **bench)
         out.update(status="finished", resumed=resume)
     except Exception as e:
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-        try:  # also for a cell that failed before its run directory existed (a config the trainer refused)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            rundir.write_info(run_dir, algo=job["algo"], status="failed", error=msg, **bench)
-        except Exception:  # noqa: BLE001 - reporting the original error matters more
-            pass
+        msg = _message(e)
+        _record_failure(run_dir, {"algo": job["algo"], **bench}, msg)
         out.update(status="failed", error=msg, traceback=traceback.format_exc(limit=8))
     out["seconds"] = round(time.time() - t0, 2)
     return out
+
+
+def job_members(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cell jobs of a job: a population job's members, else the job itself."""
+    return list(job.get("members") or [job])
+
+
+def run_job(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run a cell job (:func:`run_cell`) or a population job (:func:`run_population`): one outcome per cell."""
+    return run_population(job) if "members" in job else [run_cell(job)]
+
+
+def failed_outcomes(job: dict[str, Any], error: str) -> list[dict[str, Any]]:
+    """Every cell of ``job`` failed with ``error`` (a worker that died, a lost Ray task)."""
+    keys = ("algo", "target", "seed", "run_dir")
+    return [{**{k: m[k] for k in keys}, "status": "failed", "seconds": 0.0, "error": error} for m in job_members(job)]
+
+
+def run_population(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Train a population job's cells together, holding every member's cell lock (all or none: when another
+    process holds one, no member is touched and each outcome is "skipped").
+
+    Members that were started before (each has a checkpoint) resume together, and members that were not start
+    together; a population of both (one stopped between its members' first checkpoints) continues member by
+    member through :func:`run_cell`'s path. Never raises for a training failure (see :func:`run_cell`)."""
+    cells = job_members(job)
+    dirs = [Path(m["run_dir"]) for m in cells]
+    outs = [
+        {"algo": m["algo"], "target": m["target"], "seed": m["seed"], "run_dir": str(d)} for m, d in zip(cells, dirs)
+    ]
+    held: list[FileLock] = []
+    for d in dirs:
+        lock = FileLock(cell_lock_path(d))
+        if not lock.acquire():
+            holder = lock.holder()
+            for other in held:
+                other.release()
+            error = f"a member's cell is locked by another process{f' ({holder})' if holder else ''}; not run twice"
+            return [{**o, "status": "skipped", "seconds": 0.0, "error": error} for o in outs]
+        held.append(lock)
+    try:
+        return _train_population(job, cells, dirs, outs)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _train_population(job: dict, cells: list[dict], dirs: list[Path], outs: list[dict]) -> list[dict[str, Any]]:
+    from policyopt import algos
+    from policyopt.config import resolve
+    from policyopt.runs import members, rundir
+    from policyopt.runs.lifecycle import family_of
+
+    started = [rundir.checkpoint_path(d).exists() and (d / "run.json").exists() for d in dirs]
+    if any(started) and not all(started):
+        return [_train_cell(m, d, o) for m, d, o in zip(cells, dirs, outs)]
+    t0 = time.time()
+    infos = [{"algo": m["algo"], **_bench_info(m)} for m in cells]
+    error = trace = ""
+    try:
+        for d in dirs:
+            if d.exists() and not any(started):  # started but died before the first checkpoint: start over
+                shutil.rmtree(d)
+        cfgs = [resolve(algos.get(m["algo"]).config(), m["config"]) for m in cells]
+        batched = members.load_batched(job["population"])
+        members.run_members(family_of(cfgs[0]), cfgs, dirs, resume=all(started), batched=batched, infos=infos)
+    except Exception as e:
+        error, trace = _message(e), traceback.format_exc(limit=8)
+    seconds = round((time.time() - t0) / len(cells), 2)  # each member's share of the population's time
+    for d, o, info in zip(dirs, outs, infos):
+        o.update(resumed=all(started), seconds=seconds, population=len(cells))
+        if (d / "eval.json").exists() and rundir.read_info(d).get("status") == "finished":
+            o.update(status="finished")
+            continue
+        msg = error or "the batched trainer returned without this member's final evaluation"
+        _record_failure(d, info, msg)
+        o.update(status="failed", error=msg, traceback=trace)
+    return outs
+
+
+def _bench_info(job: dict[str, Any]) -> dict[str, Any]:
+    return {"bench": {"target": job["target"], "seed": job["seed"], "digest": job["digest"]}}
+
+
+def _message(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+
+
+def _record_failure(run_dir: Path, info: dict[str, Any], msg: str) -> None:
+    """``run.json`` says the cell failed, also for a cell that failed before its run directory existed."""
+    from policyopt.runs import rundir
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_info(run_dir, **info, status="failed", error=msg)
+    except Exception:  # noqa: BLE001 - reporting the original error matters more
+        pass
 
 
 def die_with_parent(parent_pid: int, poll_seconds: float = 0.5) -> None:
@@ -199,21 +292,13 @@ def run_local(jobs: list[dict], workers: int) -> Iterator[dict]:
         initargs=(os.getpid(),),
     )
     try:
-        futures = {pool.submit(run_cell, j): j for j in jobs}
+        futures = {pool.submit(run_job, j): j for j in jobs}
         for fut in as_completed(futures):
             job = futures[fut]
             try:
-                yield fut.result()
-            except BrokenProcessPool as e:  # a worker died (killed, segfault): report the cell, go on
-                yield {
-                    "algo": job["algo"],
-                    "target": job["target"],
-                    "seed": job["seed"],
-                    "run_dir": job["run_dir"],
-                    "status": "failed",
-                    "seconds": 0.0,
-                    "error": f"worker process died: {e}",
-                }
+                yield from fut.result()
+            except BrokenProcessPool as e:  # a worker died (killed, segfault): report the cells, go on
+                yield from failed_outcomes(job, f"worker process died: {e}")
     except BaseException:  # Ctrl-C: start no queued cell; running ones stop at their own KeyboardInterrupt
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -240,24 +325,16 @@ def run_ray(jobs: list[dict], workers: int, address: str | None) -> Iterator[dic
             ray.init(num_cpus=max(1, workers), runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}, **kw)
         started = True
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(run_cell)
+        remote = ray.remote(num_cpus=1, max_retries=0)(run_job)  # a population job is one task
         pending = {remote.remote(j): j for j in jobs}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 job = pending.pop(ref)
                 try:
-                    yield ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - a lost worker/node: report the cell, go on
-                    yield {
-                        "algo": job["algo"],
-                        "target": job["target"],
-                        "seed": job["seed"],
-                        "run_dir": job["run_dir"],
-                        "status": "failed",
-                        "seconds": 0.0,
-                        "error": f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}",
-                    }
+                    yield from ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - a lost worker/node: report the cells, go on
+                    yield from failed_outcomes(job, f"ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}")
     finally:
         if started:
             ray.shutdown()

@@ -49,6 +49,8 @@ def cell_status(cell: Cell, digest: str) -> str:
         return "new"
     info = json.loads((run_dir / "run.json").read_text())
     old = (info.get("bench") or {}).get("digest")
+    if old is None and (run_dir / "config.yaml").is_file():  # a population member stopped before its run info
+        old = config_digest(rundir.read_config(run_dir))
     if old is not None and old != digest:
         raise UserError(
             f"cell {cell.label} in {str(run_dir)!r} was run with a different config than the spec "
@@ -84,41 +86,85 @@ def run_bench(
         return _run_locked(spec, cells, out, workers, use_ray, ray_address, log)
 
 
-def _jobs(cells: list[Cell], seeds: list[int]) -> tuple[list[dict], int]:
-    """The jobs for the cells that have not finished (seed-major order) and the number already finished."""
-    jobs, skipped = [], 0
+def _jobs(cells: list[Cell], seeds: list[int], population: str = "auto") -> tuple[list[dict], int, list[str]]:
+    """The jobs for the cells that have not finished (seed-major order), the number already finished and notes.
+
+    With ``population`` "auto", the unfinished seeds of one cell (same algorithm, target and config but for the
+    seed and the per-member keys of the family's batched trainer) form one population job when that trainer
+    supports their configs: ``{"members": [cell jobs], "population": "module:function", ...}``."""
+    pending, skipped = [], 0
     for c in cells:
         digest = config_digest(c.config)
         if cell_status(c, digest) == "finished":
             skipped += 1
             continue
-        jobs.append(
+        pending.append(
             {
                 "algo": c.algo,
                 "target": c.target,
                 "seed": c.seed,
+                "family": c.family,
                 "config": c.config,
                 "run_dir": str(Path(c.run_dir).absolute()),  # Ray workers need not share our working directory
                 "digest": digest,
             }
         )
+    jobs, notes = _populations(pending, population) if population != "off" else (pending, [])
     # Seed-major order: an interrupted bench holds whole seeds of every algorithm, not all seeds of the first.
     order = {s: i for i, s in enumerate(seeds)}
     jobs.sort(key=lambda j: (order[j["seed"]], j["target"], j["algo"]))
-    return jobs, skipped
+    return jobs, skipped, notes
+
+
+def _populations(pending: list[dict], mode: str) -> tuple[list[dict], list[str]]:
+    """Group cell jobs into population jobs where the family's batched trainer supports the group (see _jobs)."""
+    from policyopt import algos
+    from policyopt.config import resolve
+    from policyopt.runs import members
+    from policyopt.runs.lifecycle import FAMILIES
+
+    groups: dict[tuple, list[dict]] = {}
+    batched_for: dict[tuple, members.Batched | None] = {}
+    for j in pending:
+        batched, _ = members.batched_of(FAMILIES.get(j["family"]))
+        shared = members.shared_config(j["config"], batched.per_member) if batched else j["run_dir"]
+        key = (j["algo"], j["target"], config_digest({"shared": shared}))
+        groups.setdefault(key, []).append(j)
+        batched_for[key] = batched
+    jobs, notes = [], []
+    for key, group in groups.items():
+        batched = batched_for[key]
+        if batched is None or len(group) < 2:
+            jobs += group
+            continue
+        cfgs = [resolve(algos.get(j["algo"]).config(), j["config"]) for j in group]
+        chosen, note = members.plan(FAMILIES.get(group[0]["family"]), cfgs, mode)
+        if chosen is None:
+            notes.append(f"{group[0]['algo']} {group[0]['target']}: {note}")
+            jobs += group
+            continue
+        seeds = [j["seed"] for j in group]
+        jobs.append({**{k: group[0][k] for k in ("algo", "target", "seed", "family")}, "seeds": seeds})
+        jobs[-1].update(members=group, population=batched.entry)
+        notes.append(f"{group[0]['algo']} {group[0]['target']} seeds {seeds}: {note}")
+    return jobs, notes
 
 
 def _run_locked(
     spec: BenchSpec, cells: list[Cell], out: Path, workers: int, use_ray: bool, ray_address: str | None, log
 ):
-    from policyopt.bench.executors import executor
+    from policyopt.bench.executors import executor, job_members
 
-    jobs, skipped = _jobs(cells, spec.seeds)
+    jobs, skipped, notes = _jobs(cells, spec.seeds, spec.population)
     kind = f"ray({ray_address or 'local'})" if use_ray else "local process pool"
+    todo = sum(len(job_members(j)) for j in jobs)
+    pops = sum(1 for j in jobs if "members" in j)
     log(
-        f"bench {spec.name!r}: {len(cells)} cells, {skipped} already finished, {len(jobs)} to run "
-        f"on {kind} with {workers} worker(s); out={out}"
+        f"bench {spec.name!r}: {len(cells)} cells, {skipped} already finished, {todo} to run "
+        f"({len(jobs)} jobs, {pops} of them populations) on {kind} with {workers} worker(s); out={out}"
     )
+    for line in notes:
+        log(f"  {line}")
     t0 = time.time()
     outcomes: dict[tuple, dict] = {}
     for i, res in enumerate(executor(ray_address, use_ray, workers)(jobs), 1):
@@ -126,7 +172,7 @@ def _run_locked(
         extra = f"error: {res.get('error')}" if res["status"] != "finished" else ""
         extra = "resumed from checkpoint" if res.get("resumed") else extra
         log(
-            f"[{i}/{len(jobs)}] {res['algo']} {res['target']} seed={res['seed']}: {res['status']} "
+            f"[{i}/{todo}] {res['algo']} {res['target']} seed={res['seed']}: {res['status']} "
             f"({res.get('seconds', 0):.1f}s) {extra}".rstrip()
         )
     wall = time.time() - t0
@@ -143,7 +189,9 @@ def _run_locked(
         "finished": len(rows) - len(failed),
         "failed": len(failed),
         "last_invocation": {
-            "ran": len(jobs),
+            "ran": todo,
+            "jobs": len(jobs),
+            "populations": pops,
             "skipped": skipped,
             "wall_seconds": round(wall, 1),
             "cell_seconds": round(sum(r.get("seconds", 0) for r in outcomes.values()), 1),

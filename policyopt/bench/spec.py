@@ -15,6 +15,8 @@ Example::
       - {algo: a2c, target: Acrobot-v1, sets: {learning_rate: 0.001}}
     # optional: normalized score = (s - low) / (high - low)
     reference_scores: {CartPole-v1: {low: 22.0, high: 475.0}}
+    population: auto                    # auto: the unfinished seeds of one cell train as one population job when
+                                        # the family's batched trainer supports the config; off: one job per seed
 
 A cell names a *target*: an environment id for algorithms whose ``target_key`` is ``env_id`` and a task
 name for those whose ``target_key`` is ``task`` (language-model presets). Each algorithm is paired with
@@ -48,7 +50,9 @@ _KEYS = {
     "overrides",
     "reference_scores",
     "description",
+    "population",
 }
+POPULATION_MODES = ("auto", "off")
 _EVAL_KEYS = {"every", "episodes", "last"}
 
 
@@ -126,6 +130,7 @@ class BenchSpec:
     reference_scores: dict[str, dict[str, float]] = field(default_factory=dict)
     out: str | None = None
     description: str = ""
+    population: str = "auto"
 
     def budget_for(self, target: str) -> int | None:
         if self.budget is None:
@@ -211,6 +216,14 @@ def _reference_scores(refs: Any, targets: list[str]) -> dict[str, dict[str, floa
     return {t: {"low": float(r["low"]), "high": float(r["high"])} for t, r in refs.items()}
 
 
+def _population_mode(v: Any) -> str:
+    if v is False:  # YAML reads a bare `off` as false
+        v = "off"
+    if v not in POPULATION_MODES:
+        raise UserError(f"bench spec: 'population' must be one of {', '.join(POPULATION_MODES)}, got {v!r}")
+    return v
+
+
 def parse_spec(data: dict[str, Any]) -> BenchSpec:
     if not isinstance(data, dict):
         raise UserError("bench spec must be a YAML mapping")
@@ -287,6 +300,7 @@ def parse_spec(data: dict[str, Any]) -> BenchSpec:
         reference_scores=_reference_scores(data.get("reference_scores"), targets),
         out=_optional_str(data.get("out"), "out"),
         description=_optional_str(data.get("description"), "description") or "",
+        population=_population_mode(data.get("population", "auto")),
     )
 
 

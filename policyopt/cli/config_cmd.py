@@ -31,6 +31,7 @@ from policyopt.config import (
     to_yaml,
 )
 from policyopt.errors import UnknownChoice, UserError
+from policyopt.runs.members import parse_seeds
 
 IMPORT_NOTE = (
     "module:Name values (--env mymod:MyEnv, --set rewards.mymod:fn=1) import mymod from the current "
@@ -80,6 +81,12 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int_arg(0, SEED_MAX), help=f"random seed in [0, {SEED_MAX}]")
     p.add_argument(
+        "--seeds",
+        metavar="SEEDS",
+        help="a population of seeds, e.g. 0-9, 0,3,5 or 0-4,7: train trains one run per seed (batched when the "
+        "family has a batched trainer for this config) into OUT/seed-K; config shows the first member's config",
+    )
+    p.add_argument(
         "--total-steps",
         type=STEPS_ARG,
         help="training budget in environment steps (control) or "
@@ -96,9 +103,15 @@ def build(args) -> tuple[algos.Algorithm, Any]:
         raise UserError(f"--task does not apply to control algorithm {args.algo!r}; use --env")
     if algo.target_key != "env_id" and args.env:
         raise UserError(f"--env does not apply to language-model preset {args.algo!r}; use --task or --dataset")
+    seed = args.seed
+    if getattr(args, "seeds", None) is not None:
+        if args.seed is not None:
+            raise UserError("--seed and --seeds cannot be combined; list every seed in --seeds")
+        args.seed_list = parse_seeds(args.seeds)
+        seed = args.seed_list[0]
     flags = {
         algo.target_key: args.env if algo.target_key == "env_id" else args.task,
-        "seed": args.seed,
+        "seed": seed,
         "dataset": args.dataset,
         "model": args.model,
         "total_steps": args.total_steps,

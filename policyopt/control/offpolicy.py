@@ -533,6 +533,7 @@ FAMILY = FAMILIES.register(
         OffPolicyConfig,
         "policyopt.control.offpolicy:train",
         "policyopt.control.offpolicy:evaluate_run",
+        population="policyopt.control.offpolicy_population:train_population",
     ),
 )
 

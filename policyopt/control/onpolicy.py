@@ -478,6 +478,7 @@ FAMILY = FAMILIES.register(
         OnPolicyConfig,
         "policyopt.control.onpolicy:train",
         "policyopt.control.onpolicy:evaluate_run",
+        population="policyopt.control.population:train_population",
     ),
 )
 

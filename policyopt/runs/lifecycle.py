@@ -449,15 +449,22 @@ def run_stages(run: Run, stages: Sequence[Stage]) -> dict[str, Any]:
 # ---- families and the one entry point ------------------------------------------------------------------
 @dataclass(frozen=True)
 class Family:
-    """A trainer family: its config class and its train/evaluate functions by import path."""
+    """A trainer family: its config class and its train/evaluate functions by import path; optionally a batched
+    trainer of populations (see :mod:`policyopt.runs.members`)."""
 
     name: str
     config: type
     train: str  # "module:function": train(cfg, run_dir, resume=False) -> dict
     evaluate: str  # "module:function": evaluate(run_dir, episodes=None, video=False, deterministic=True) -> dict
+    # "module:function": train_population(cfgs, run_dirs, resume=False) -> list[dict]; the same module defines
+    # population_unsupported(cfgs) -> str | None and, optionally, PER_MEMBER_KEYS
+    population: str | None = None
 
     def load(self, which: str) -> Callable:
-        module, _, fn = (self.train if which == "train" else self.evaluate).partition(":")
+        entry = {"train": self.train, "evaluate": self.evaluate, "population": self.population}[which]
+        if entry is None:
+            raise ValueError(f"family {self.name!r} has no {which!r} entry")
+        module, _, fn = entry.partition(":")
         return getattr(importlib.import_module(module), fn)
 
 

@@ -21,9 +21,12 @@ def checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT
 
 
-def default_run_dir(algo: str, tag: str, seed: int, root: str | Path = "runs") -> Path:
+def default_run_dir(algo: str, tag: str, seed: int, root: str | Path = "runs", *, seeds: str | None = None) -> Path:
+    """``ROOT/ALGO-TAG-sSEED-TIME``; for a population (``seeds``, a label such as ``0-9``)
+    ``ROOT/ALGO-TAG-seedsLABEL-TIME``."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tag)
-    return Path(root) / f"{algo}-{safe}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    which = f"seeds{seeds}" if seeds is not None else f"s{seed}"
+    return Path(root) / f"{algo}-{safe}-{which}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _shown(text: str) -> str:
