@@ -19,11 +19,11 @@ TINY = dict(
     critic_hidden=(16, 16),
     batch_size=32,
     learning_starts=64,
-    total_steps=300,
-    checkpoint_every=200,  # the environments are re-seeded once mid-run
+    total_steps=240,
+    checkpoint_every=160,  # the environments are re-seeded once mid-run
     tensorboard=False,
     progress=False,
-    eval_episodes=2,
+    eval_episodes=1,
 )
 NETS = ("actor", "critic", "critic_target", "actor_target")
 
@@ -82,10 +82,10 @@ def test_members_do_not_interact(sac_pop, tmp_path):
 
 
 def test_population_resume_is_exact_and_a_member_resumes_as_a_single_run(sac_pop, tmp_path):
-    """Stopping at the step-200 checkpoint (a shorter budget) and resuming gives the uninterrupted population bit
+    """Stopping at the step-160 checkpoint (a shorter budget) and resuming gives the uninterrupted population bit
     for bit; the member's checkpoint is also an ordinary single-run checkpoint that the single trainer resumes."""
     d, cfgs, _ = sac_pop
-    short = [_cfg("sac", 3, total_steps=200), _cfg("sac", 5, total_steps=200, critic_lr=5e-4, actor_lr=2e-4)]
+    short = [_cfg("sac", 3, total_steps=160), _cfg("sac", 5, total_steps=160, critic_lr=5e-4, actor_lr=2e-4)]
     dirs = [tmp_path / "m0", tmp_path / "m1"]
     train_population(short, dirs)
     (tmp_path / "alone").mkdir()
