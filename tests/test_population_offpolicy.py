@@ -64,12 +64,21 @@ def test_sac_member_equals_the_single_run_with_its_seed(sac_pop, tmp_path):
     assert results[1]["eval_return_mean"] == pytest.approx(single["eval_return_mean"], abs=1e-2)
 
 
-def test_td3_member_equals_the_single_run_with_its_seed(tmp_path):
-    train_population([_cfg("td3", 3), _cfg("td3", 5)], [tmp_path / "m0", tmp_path / "m1"])
-    train(_cfg("td3", 5), tmp_path / "single")
+@pytest.mark.parametrize(
+    "algo, extra",
+    [
+        ("td3", dict(norm_obs=True, n_step=3, max_grad_norm=1.0)),  # per-member normalizers and clips, n-step
+        ("fasttd3", dict(num_envs=4, utd=1.0, batch_size=32)),  # C51 twins, AdamW, per-env exploration std
+    ],
+)
+def test_deterministic_member_equals_the_single_run_with_its_seed(tmp_path, algo, extra):
+    train_population([_cfg(algo, 3, **extra), _cfg(algo, 5, **extra)], [tmp_path / "m0", tmp_path / "m1"])
+    train(_cfg(algo, 5, **extra), tmp_path / "single")
     a, b = _state(tmp_path / "m1"), _state(tmp_path / "single")
     _assert_nets(a, b, atol=1e-5)
     assert torch.equal(a["rng"]["global"]["torch"], b["rng"]["global"]["torch"])
+    if extra.get("norm_obs"):
+        torch.testing.assert_close(a["obs_norm"]["mean"], b["obs_norm"]["mean"], rtol=0, atol=1e-6)
 
 
 def test_members_do_not_interact(sac_pop, tmp_path):
