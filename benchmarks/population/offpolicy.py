@@ -169,7 +169,8 @@ def _side(results: list[dict], wall: float, steps: int) -> dict:
         "wall_seconds": round(wall, 2),
         "steps_per_s": round(n * steps / wall, 1),
         "train_seconds": [round(res["train_seconds"], 2) for res in results],
-        "eval_returns": [round(r, 1) for r in returns],
+        "seeds": [s for res in results for s in res["seeds"]],
+        "eval_returns": [round(r, 1) for r in returns],  # in the order of "seeds"
     }
 
 
