@@ -346,6 +346,10 @@ class Run:
         self._guard_pos = {}
         return self.log(step, metrics)
 
+    def headline(self) -> float | None:
+        """The last evaluation's headline number (return or accuracy), for the progress bar."""
+        return _headline(self.last_eval) if self.last_eval else None
+
     def evaluate(self, stage: Stage, step: int, final: bool) -> dict[str, Any]:
         res = stage.evaluate(self, final)
         numbers = {
@@ -399,7 +403,10 @@ def _due(every: int, iteration: int) -> bool:
     return bool(every) and iteration % every == 0
 
 
-def _run_stage(run: Run, stage: Stage, is_last_stage: bool) -> None:
+def run_stage(run: Any, stage: Any, is_last_stage: bool) -> None:
+    """One stage's iterations from where ``run`` stands: collect, update, guard, log, evaluate and checkpoint at
+    the stage's cadences. ``run`` is a :class:`Run`, or anything with its stepping interface (a population of
+    runs trained in lockstep, :mod:`policyopt.runs.population`)."""
     cad = stage.cadence
     with TrainProgress(stage.step(stage.iterations), stage.name, run.progress, start=stage.step(run.iteration)) as bar:
         while run.iteration < stage.iterations and not stage.done(run):
@@ -416,8 +423,8 @@ def _run_stage(run: Run, stage: Stage, is_last_stage: bool) -> None:
             if _due(cad.checkpoint, it) or last:
                 _checkpoint(run, stage, more=not last)
             info = dict(stage.progress_info(run)) if hasattr(stage, "progress_info") else {}
-            if run.last_eval:
-                info["eval"] = _headline(run.last_eval)
+            if run.headline() is not None:
+                info["eval"] = run.headline()
             bar.update(step, **info)
     if run.iteration < stage.iterations:  # ended early (stage.done): mark the stage complete
         run.guard()
@@ -454,7 +461,7 @@ def run_stages(run: Run, stages: Sequence[Stage]) -> dict[str, Any]:
         stage.begin(run)
         if run.resume and index == len(stages) - 1 and run.iteration >= stage.iterations:
             rundir.check_budget_left(run.dir, stage.step(run.iteration))
-        _run_stage(run, stage, index == len(stages) - 1)
+        run_stage(run, stage, index == len(stages) - 1)
         stage.end(run)
     step = last.step(run.iteration)
     final = run.evaluate(last, step, final=True)

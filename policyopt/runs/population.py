@@ -48,15 +48,13 @@ from policyopt.runs.lifecycle import (
     _FROM_CONFIG,
     Family,
     Run,
-    _checkpoint,
-    _due,
     _headline,
     open_run_dir,
     record_failure,
     run_settings,
+    run_stage,
     sigterm_interrupts,
 )
-from policyopt.runs.progress import TrainProgress
 
 PENDING = "pending.safetensors"  # a member's new checkpoint before the population commits it
 
@@ -275,32 +273,6 @@ class PopulationRun:
 
 
 # ---- the loop -------------------------------------------------------------------------------------------
-def _run_population_stage(pop: PopulationRun, stage: Any, is_last_stage: bool) -> None:
-    cad = stage.cadence
-    with TrainProgress(stage.step(stage.iterations), stage.name, pop.progress, start=stage.step(pop.iteration)) as bar:
-        while pop.iteration < stage.iterations and not stage.done(pop):
-            pop.iteration += 1
-            it, last = pop.iteration, pop.iteration == stage.iterations
-            pop.accumulate(stage.update(pop, stage.collect(pop)))
-            if _due(cad.guard, it) or _due(cad.log, it) or last:
-                pop.guard()
-            step = stage.step(it)
-            if _due(cad.log, it) or last:
-                pop.flush_stats(step, stage.log_metrics(pop))
-            if _due(cad.evaluate, it) and not (last and is_last_stage):
-                pop.evaluate(stage, step, final=False)
-            if _due(cad.checkpoint, it) or last:
-                _checkpoint(pop, stage, more=not last)
-            info = dict(stage.progress_info(pop)) if hasattr(stage, "progress_info") else {}
-            if pop.headline() is not None:
-                info["eval"] = pop.headline()
-            bar.update(step, **info)
-    if pop.iteration < stage.iterations:
-        pop.guard()
-        pop.iteration = stage.iterations
-        _checkpoint(pop, stage, more=False)
-
-
 def run_population_stages(pop: PopulationRun, stages: Sequence[Any]) -> list[dict[str, Any]]:
     """:func:`~policyopt.runs.lifecycle.run_stages` for a population: the stages in order, then each live member's
     final evaluation (``eval.json``); returns one result per member (``{"status": "failed", "error": ...}`` for
@@ -320,7 +292,7 @@ def run_population_stages(pop: PopulationRun, stages: Sequence[Any]) -> list[dic
         if pop.resume and index == len(stages) - 1 and pop.iteration >= stage.iterations:
             for m in pop.live():
                 rundir.check_budget_left(m.dir, stage.step(pop.iteration))
-        _run_population_stage(pop, stage, index == len(stages) - 1)
+        run_stage(pop, stage, index == len(stages) - 1)
         stage.end(pop)
     step = last.step(pop.iteration)
     finals = pop.evaluate(last, step, final=True)
