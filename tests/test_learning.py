@@ -8,16 +8,16 @@ import pytest
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_ppo_cartpole_reaches_475_within_1e5_steps(cli, tmp_path, seed):
-    out = tmp_path / f"s{seed}"
-    code, _, err = cli(
+def test_ppo_cartpole_seeds_1_to_3_reach_475_within_1e5_steps(cli, tmp_path):
+    """Three seeds as one population (``--seeds``, the batched trainer): every member's final evaluation."""
+    out = tmp_path / "pop"
+    code, stdout, err = cli(
         "train",
         "ppo",
         "--env",
         "CartPole-v1",
-        "--seed",
-        str(seed),
+        "--seeds",
+        "1-3",
         "--total-steps",
         "100000",
         "--out",
@@ -27,9 +27,12 @@ def test_ppo_cartpole_reaches_475_within_1e5_steps(cli, tmp_path, seed):
         "tensorboard=false",
     )
     assert code == 0, err
-    ev = json.loads((out / "eval.json").read_text())
-    assert ev["step"] <= 100_352 and ev["episodes"] == 10
-    assert ev["return_mean"] >= 475, ev
+    for seed in (1, 2, 3):
+        ev = json.loads((out / f"seed-{seed}" / "eval.json").read_text())
+        assert ev["step"] <= 100_352 and ev["episodes"] == 10
+        assert ev["return_mean"] >= 475, (seed, ev)
+        info = json.loads((out / f"seed-{seed}" / "run.json").read_text())
+        assert info["population"]["size"] == 3, info
 
 
 @pytest.mark.slow
