@@ -13,19 +13,17 @@ definition (``sampling_error=mle``: an MLE-fit copy of the policy network, KL to
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing as mp
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
-RUNS = Path("runs/seeds_claims")
+sys.path.insert(0, str(ROOT))
 
-COMMON = {"tensorboard": False, "progress": False, "log_every": 256, "checkpoint_every": 0}
-
+from common import curve, iqm_ci, run_one, runs_of, series  # noqa: E402
 
 # PROPS' sampling error with its own definition: KL(pi_D || pi_theta), pi_D a copy of the policy network fit
 # by maximum likelihood on the update data (sampling_error=mle), every 2nd iteration.
@@ -101,60 +99,6 @@ def fixpo_runs(seeds):
         for s in seeds:
             out.append(("fixpo", name, "fixpo", {"env_id": "CartPole-v1", "total_steps": 50_000, "seed": s, **sets}))
     return out
-
-
-def run_one(job):
-    claim, variant, algo, sets = job
-    from policyopt import algos
-
-    out = RUNS / claim / variant / f"s{sets['seed']}"
-    if (out / "eval.json").exists():
-        return str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = out / ".lock"  # lets several run_claims.py processes share the job list
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        pid = int(lock.read_text() or 0)
-        try:
-            os.kill(pid, 0)
-            return f"{out} (running in pid {pid})"
-        except OSError:
-            lock.unlink()
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    try:
-        cfg = algos.build_config(algo, sets={**COMMON, **sets})
-        algos.get(algo).load("train")(cfg, out)
-    finally:
-        lock.unlink(missing_ok=True)
-    return str(out)
-
-
-def series(run: Path, name: str):
-    pts = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(open(run / "metrics.csv")) if r["name"] == name]
-    return np.array(pts) if pts else np.zeros((0, 2))
-
-
-def iqm_ci(x: np.ndarray):
-    from rliable import library as rly
-    from rliable import metrics
-
-    est, ci = rly.get_interval_estimates(
-        {"a": x.reshape(-1, 1)}, lambda s: np.array([metrics.aggregate_iqm(s)]), reps=2000
-    )
-    return float(est["a"][0]), [float(ci["a"][0][0]), float(ci["a"][1][0])]
-
-
-def runs_of(claim, variant):
-    return sorted(
-        (p for p in (RUNS / claim / variant).glob("s*") if (p / "eval.json").exists()), key=lambda p: int(p.name[1:])
-    )
-
-
-def curve(runs, name, grid):
-    return np.stack([np.interp(grid, *series(r, name).T) for r in runs])
 
 
 def _props_section(claim, env, ax_err, ax_ret, title):
