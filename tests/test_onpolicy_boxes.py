@@ -12,7 +12,7 @@ import torch
 
 from policyopt import algos
 from policyopt.control.distributions import Categorical, DiagGaussian
-from policyopt.control.kl_control import TRUST_REGIONS
+from policyopt.control.kl_control import TRUST_REGIONS, extra_step_frac, fixup_chunks
 from policyopt.control.networks import ActorCritic
 from policyopt.control.onpolicy import OnPolicyConfig
 from policyopt.control.props import props_loss
@@ -204,6 +204,63 @@ def test_fixpo_fixup_guarantees_trust_region():
     with torch.no_grad():
         assert agent.dist.kl(agent.dist_params(obs), old).max().item() <= 0.05
     assert ctl.fixup(kl_on, opt, list(agent.parameters()), 64)["fixpo/fixup_steps"] == 0  # already satisfied
+
+
+def test_fixup_chunks_merge_the_remainder():
+    # tianshou Batch.split(size, merge_last=True), which FixPOPolicy.learn uses for its fix-up sweep
+    assert fixup_chunks(2500, 1024) == [(0, 1024), (1024, 2500)]
+    assert fixup_chunks(3072, 1024) == [(0, 1024), (1024, 2048), (2048, 3072)]
+    assert fixup_chunks(256, 1024) == [(0, 256)]
+    assert fixup_chunks(1024, 1024) == [(0, 1024)]
+
+
+def _scalar_fixpo(eps_kl=0.3):
+    """A FixPO controller whose 'policy' is one scalar p with per-state KL p^2, stepped by SGD (lr 0.2)."""
+    cfg = _cfg(trust_region="fixpo", max_grad_norm=None, **{"fixpo.eps_kl": eps_kl, "fixpo.fixup_minibatch_size": 1024})
+    p = torch.nn.Parameter(torch.tensor(1.0))
+    seen = []
+
+    def kl_on(idx):
+        seen.append(idx.clone())
+        return (p**2).expand(len(idx)), torch.ones(len(idx))
+
+    return TRUST_REGIONS.get("fixpo")(cfg, 10), p, torch.optim.SGD([p], lr=0.2), kl_on, seen
+
+
+def test_fixpo_fixup_counts_and_shuffles_hand_computed():
+    ctl, p, opt, kl_on, seen = _scalar_fixpo()
+    ctl.begin_iteration(1, ctl.cfg.loss)
+    out = ctl.fixup(kl_on, opt, [p], 2500)
+    # sweep 1, chunk 1: KL 1 > 0.3: p <- 1 - 0.2 * 2 * beta(1) * 1 = 0.6; beta <- 1.01 (Adam's first step, KL 1 > eps/3)
+    # chunk 2: KL 0.36 > 0.3: p <- 0.6 * (1 - 0.4 * 1.01) = 0.3576; sweep 2: KL 0.128 everywhere, no step
+    assert out["fixpo/fixup_steps"] == 2 and ctl.fixup_steps == 2
+    assert float(p.detach()) == pytest.approx(0.3576, abs=1e-4)
+    assert [len(i) for i in seen] == [1024, 1476, 1024, 1476]  # remainder merged into the last chunk
+    sweep1, sweep2 = torch.cat(seen[:2]), torch.cat(seen[2:])
+    assert torch.equal(sweep1.sort().values, torch.arange(2500)) and torch.equal(
+        sweep2.sort().values, torch.arange(2500)
+    )
+    assert not torch.equal(sweep1, torch.arange(2500)) and not torch.equal(sweep1, sweep2)  # reshuffled every sweep
+
+
+def test_fixpo_extra_step_fraction_per_update_and_cumulative():
+    ctl, p, opt, kl_on, _ = _scalar_fixpo()
+    mask = torch.ones(3, 1)
+    zeros = PolicyBatch(torch.zeros(3, 1), torch.zeros(3, 1), torch.zeros(3, 1), mask, torch.zeros(3, 1))
+    for it in (1, 2):
+        ctl.begin_iteration(it, ctl.cfg.loss)
+        for _ in range(16):  # 16 primary minibatch steps per update
+            ctl.after_step(zeros)
+        ctl.fixup(kl_on, opt, [p], 2048)
+        s = ctl.stats()
+        if it == 1:  # beta 0.84 after 16 steps of -0.01 (KL 0 < eps/3); p: 1 -> 0.664 -> 0.441 (KL 0.195 < 0.3)
+            assert float(p.detach()) == pytest.approx(0.4412, abs=1e-3)
+            assert (s["fixpo/update_fixup_steps"], s["fixpo/update_primary_steps"]) == (2.0, 16.0)
+            assert s["fixpo/update_extra_frac"] == pytest.approx(2 / 16)
+    # second update: already inside the region, no fix-up step; cumulative 2 / 32
+    assert s["fixpo/update_extra_frac"] == 0.0 and s["fixpo/update_primary_steps"] == 16.0
+    assert s["fixpo/extra_step_frac"] == pytest.approx(2 / 32)
+    assert extra_step_frac(0, 0) == 0.0
 
 
 def test_kl_direction_follows_trust_region_controller():

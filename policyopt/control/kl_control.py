@@ -16,11 +16,13 @@ minibatching and epochs instead of full-batch steps.
 Two-Phase KL Penalization", arXiv 2312.05405). Primary phase: minimise ``-mean(r A) + beta * mean KL``
 per minibatch and after each step take one Adam step (lr ``beta_lr``) on
 ``beta * (eps_kl - c_beta * max_s KL)``, projecting ``beta >= 0``. Fix-up phase, after each epoch: sweep
-the batch in minibatches of ``fixup_minibatch_size`` and, on every minibatch whose max per-state KL exceeds
-``eps_kl``, take a gradient step on ``beta * mean KL`` (and update beta), until a whole sweep has no
-violation. The KL is KL(pi_old || pi) (``kl_old_first``, read by the proximal box for the primary phase
-and by the trainer's fix-up sweep). Deviation: ``max_fixup_steps`` is our safety cap; the guarantee holds
-for the KL we check, on the rollout's states. Provenance of both: docs/control.md.
+the batch, freshly shuffled, in minibatches of ``fixup_minibatch_size`` (a short remainder joins the last
+one) and, on every minibatch whose max per-state KL exceeds ``eps_kl``, take a gradient step on
+``beta * mean KL`` (and update beta with the KL before that step), until a whole sweep has no violation.
+Each fix-up step counts once against the primary minibatch steps (``fixpo/extra_step_frac``, cumulative;
+``fixpo/update_extra_frac``, of the last update). The KL is KL(pi_old || pi) (``kl_old_first``, read by the
+proximal box for the primary phase and by the trainer's fix-up sweep). Deviation: ``max_fixup_steps`` is our
+safety cap; the guarantee holds for the KL we check, on the rollout's states. Provenance: docs/control.md.
 """
 
 from __future__ import annotations
@@ -105,6 +107,22 @@ class FixPOConfig:
     max_fixup_steps: int = opt(10_000, "safety cap on fix-up gradient steps per sweep (logged if hit)", check=positive)
 
 
+def fixup_chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` bounds of the fix-up minibatches of an ``n``-sample batch: consecutive runs of ``size``,
+    a remainder shorter than ``size`` merged into the last full one (one chunk when ``n <= size``).
+    FixPO (Zentner et al., 2023) sweeps its fix-up phase this way; e.g. ``n = 2500, size = 1024`` gives
+    ``[(0, 1024), (1024, 2500)]``."""
+    bounds = list(range(0, n - size + 1, size)) or [0]
+    return [(s, e) for s, e in zip(bounds, [*bounds[1:], n])]
+
+
+def extra_step_frac(fixup_steps: float, primary_steps: float) -> float:
+    """FixPO's extra-step fraction ``fixup_steps / primary_steps`` (0 before any primary step): every fix-up
+    gradient step counts as one step, whatever its minibatch size, against the primary phase's minibatch steps
+    (Zentner et al., 2023, "Guaranteed Trust Region Optimization via Two-Phase KL Penalization")."""
+    return float(fixup_steps) / primary_steps if primary_steps else 0.0
+
+
 class NoControl:
     """Keep ``loss.proximal_coef`` fixed; no extra gradient steps."""
 
@@ -176,6 +194,7 @@ class FixPO(NoControl):
         self.beta = torch.nn.Parameter(torch.tensor(float(self.fx.beta_init)))
         self.beta_opt = torch.optim.Adam([self.beta], lr=self.fx.beta_lr)
         self.primary_steps = self.fixup_steps = 0  # cumulative over training (checkpointed)
+        self.update_primary = self.update_fixup = 0  # of the current update (reset by begin_iteration)
         self.capped = 0
 
     def loss_config(self, loss_cfg):
@@ -188,18 +207,24 @@ class FixPO(NoControl):
         with torch.no_grad():
             self.beta.clamp_(min=0.0)
 
+    def begin_iteration(self, iteration, loss_cfg):
+        self.update_primary = self.update_fixup = 0
+        return loss_cfg
+
     def after_step(self, pb) -> None:
         self.primary_steps += 1
+        self.update_primary += 1
         self._update_beta(masked_max(pb.kl_old.detach(), pb.mask))
 
     def fixup(self, kl_on, optimizer, params, batch_size: int) -> dict:
-        """``kl_on(idx) -> (per-state KL with grad, valid mask)``, KL as ``self.kl``; sweep until no minibatch
-        violates."""
-        steps, mb = 0, self.fx.fixup_minibatch_size
+        """``kl_on(idx) -> (per-state KL with grad, valid mask)``, KL as ``self.kl``; sweep the shuffled batch
+        until no minibatch violates."""
+        steps = 0
         while True:
             violated = False
-            for start in range(0, batch_size, mb):
-                kl, mask = kl_on(torch.arange(start, min(start + mb, batch_size)))
+            perm = torch.randperm(batch_size)
+            for start, end in fixup_chunks(batch_size, self.fx.fixup_minibatch_size):
+                kl, mask = kl_on(perm[start:end])
                 kl_max = masked_max(kl.detach(), mask)
                 if not bool(kl_max > self.fx.eps_kl):
                     continue
@@ -218,15 +243,18 @@ class FixPO(NoControl):
             if not violated:
                 break
         self.fixup_steps += steps
+        self.update_fixup += steps
         return {"fixpo/fixup_steps": float(steps)}
 
     def stats(self):
-        total = max(self.primary_steps, 1)
         return {
             "fixpo/beta": float(self.beta.detach()),
             "fixpo/fixup_steps_total": float(self.fixup_steps),
             "fixpo/primary_steps_total": float(self.primary_steps),
-            "fixpo/extra_step_frac": self.fixup_steps / total,
+            "fixpo/extra_step_frac": extra_step_frac(self.fixup_steps, self.primary_steps),
+            "fixpo/update_fixup_steps": float(self.update_fixup),
+            "fixpo/update_primary_steps": float(self.update_primary),
+            "fixpo/update_extra_frac": extra_step_frac(self.update_fixup, self.update_primary),
             "fixpo/fixup_capped": float(self.capped),
         }
 

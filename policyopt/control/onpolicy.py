@@ -390,7 +390,7 @@ class OnPolicyTrainer(Phases):
 
     def _kl_on(self, idx):
         """Per-state KL in the controller's direction, for FixPO's fix-up phase."""
-        fb = self.batch
+        fb, idx = self.batch, idx.to(self.device)
         return self.region.kl(self.agent.dist, self.agent.dist_params(fb["obs"][idx]), fb["params"][idx]), fb["valid"][
             idx
         ]

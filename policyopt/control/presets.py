@@ -285,6 +285,31 @@ _on_policy(
 
 # FixPO: -A r + beta KL with adaptive beta, plus a fix-up phase that guarantees max KL <= eps_kl after every
 # epoch (Zentner et al., "Guaranteed Trust Region Optimization via Two-Phase KL Penalization").
+# Protocol "paper": the authors' Gaussian MuJoCo runs, one value per key (sources: docs/protocols.md, "fixpo").
+FIXPO_PAPER = dict(
+    num_envs=64,
+    n_steps=128,  # 8192 steps per update
+    minibatch_size=512,  # 16 minibatches
+    epochs=10,
+    learning_rate=3e-4,
+    lr_schedule="linear",
+    adam_eps=1e-8,
+    gamma=0.99,
+    gae_lambda=0.95,
+    adv_norm="none",
+    ent_coef=0.0,
+    vf_coef=0.2,  # their 0.1 * (R - V)^2 is our 0.2 * 0.5 (V - R)^2
+    vf_clip=0.2,
+    clip_schedule="constant",
+    max_grad_norm=0.5,
+    norm_obs=True,
+    norm_reward=True,
+    hidden=(64, 64),
+    activation="tanh",
+    log_std_init=-0.5,
+    action_squash="clip",
+    fixpo={"eps_kl": 0.5, "c_beta": 3.0, "beta_lr": 0.01, "beta_init": 1.0, "fixup_minibatch_size": 1024},
+)
 _on_policy(
     name="fixpo",
     doc="FixPO: adaptive KL penalty + fix-up phase guaranteeing the trust region on every update "
