@@ -263,6 +263,21 @@ def test_fixpo_extra_step_fraction_per_update_and_cumulative():
     assert extra_step_frac(0, 0) == 0.0
 
 
+def test_fixpo_paper_protocol_transcribes_the_authors_runs():
+    # uscresl/stabilized-rl: src/mujoco_fixpo_tianshou.py get_args (64 envs, 8192 steps per collect, batch 512,
+    # 10 repeats, fix-up batch 1024, eps_kl 0.5, norm_adv 0, vf_coef 0.1 on (R - V)^2, value clip, sigma -0.5)
+    # and exps_tianshou.py (target_coeff 3)
+    cfg = algos.build_config("fixpo", sets={"protocol": "paper", "env_id": "Pendulum-v1"})
+    batch = cfg.num_envs * cfg.n_steps
+    assert (cfg.num_envs, batch, batch // cfg.minibatch_size, cfg.epochs) == (64, 8192, 16, 10)
+    assert cfg.fixpo.fixup_minibatch_size == 2 * cfg.minibatch_size == 1024
+    assert (cfg.fixpo.eps_kl, cfg.fixpo.c_beta, cfg.fixpo.beta_lr, cfg.fixpo.beta_init) == (0.5, 3.0, 0.01, 1.0)
+    assert (cfg.adv_norm, cfg.vf_coef, cfg.vf_clip, cfg.ent_coef, cfg.log_std_init) == ("none", 0.2, 0.2, 0.0, -0.5)
+    assert (cfg.learning_rate, cfg.lr_schedule, cfg.gamma, cfg.max_grad_norm) == (3e-4, "linear", 0.99, 0.5)
+    assert (cfg.policy_loss, cfg.trust_region) == ("kl_proximal", "fixpo")
+    assert algos.build_config("fixpo", sets={"env_id": "Pendulum-v1"}).fixpo.eps_kl == 0.2  # the preset is unchanged
+
+
 def test_kl_direction_follows_trust_region_controller():
     # FixPO's reference code (FixPOPolicy.learn) penalizes kl_divergence(old_dist, dist) = KL(pi_old || pi);
     # MDPO's (mdpo_on/mdpo.py) KL(pi || pi_old). Hand-computed for one 2-action state.

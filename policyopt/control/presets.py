@@ -7,7 +7,7 @@ openai/baselines' MuJoCo defaults for the MuJoCo tasks.
 
 from __future__ import annotations
 
-from policyopt.algos import Algorithm, register
+from policyopt.algos import ALGORITHMS, Algorithm, Protocol, register
 from policyopt.control.onpolicy import OnPolicyConfig
 
 TRAIN, EVAL = "policyopt.control.onpolicy:train", "policyopt.control.onpolicy:evaluate_run"
@@ -316,4 +316,10 @@ _on_policy(
     "(Zentner et al., 2023, 'Guaranteed Trust Region Optimization via Two-Phase KL Penalization')",
     defaults=dict(policy_loss="kl_proximal", trust_region="fixpo"),
     presets=_PPO_PRESETS_NO_CLIP,
+)
+ALGORITHMS.get("fixpo").protocols["paper"] = Protocol(
+    doc="the authors' Gaussian MuJoCo runs: 64 envs x 128 steps, 16 minibatches x 10 epochs, fix-up minibatch "
+    "1024, eps_kl 0.5, C_beta 3, no advantage normalization",
+    source="docs/protocols.md#fixpo-paper",
+    defaults=FIXPO_PAPER,
 )
