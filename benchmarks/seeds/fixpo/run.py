@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -69,9 +71,8 @@ TIERS = (
         ),
         range(1, 6),
     ),
-    (("Hopper-v5/cbeta3",), range(1, 4)),
-    (("Pendulum-v1/cbeta3", "InvertedPendulum-v5/cbeta3"), range(6, 11)),
-    (("Pendulum-v1/cbeta2", "Pendulum-v1/cbeta1"), range(1, 4)),
+    (("Pendulum-v1/cbeta1", "Hopper-v5/cbeta3", "Pendulum-v1/cbeta2"), range(1, 4)),
+    (("InvertedPendulum-v5/cbeta3", "Pendulum-v1/cbeta3"), range(6, 11)),
 )
 
 
@@ -102,6 +103,22 @@ def jobs(quick: bool = False) -> list[tuple]:
                 env, steps, sets = table[name]
                 out.append((CLAIM, name, "fixpo", {**sets, "env_id": env, "total_steps": steps, "seed": s}))
     return out
+
+
+def clear_partial(job: tuple, root: Path) -> None:
+    """Remove a run directory left unfinished by a stopped sweep (no eval.json, no live lock), so that
+    ``run_one`` starts it afresh (the runs keep no checkpoint to resume from: ``checkpoint_every`` 0)."""
+    out = root / job[0] / job[1] / f"s{job[3]['seed']}"
+    lock = out / ".lock"
+    if not out.exists() or (out / "eval.json").exists():
+        return
+    if lock.exists():
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return  # running in another process
+        except (OSError, ValueError):
+            pass
+    shutil.rmtree(out)
 
 
 def run_ratios(run: Path, total_steps: int) -> dict:
@@ -188,6 +205,7 @@ if __name__ == "__main__":
     root = Path("runs/seeds_claims_quick") if a.quick else RUNS
     if not a.report_only:
         for job in jobs(a.quick):
+            clear_partial(job, root)
             t = time.time()
             print("done", run_one(job, root), f"{time.time() - t:.1f}s", flush=True)
     out = report(root, root / "report" if a.quick else HERE, a.quick)
