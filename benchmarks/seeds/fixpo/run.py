@@ -176,13 +176,17 @@ def report(root: Path = RUNS, out_dir: Path = HERE, quick: bool = False) -> dict
             "max_update_frac": float(max(x["max_update"] for x in per)),
             "updates_over_5pct": float(np.mean([x["updates_over_5pct"] for x in per])),
             "fixup_capped": sum(x["capped"] for x in per),
+            "max_logged_primary_mean_kl": float(max(series(r, "stats/proximal_kl")[:, 1].max() for r in runs)),
             "final_eval": agg(final),
         }
         grid = np.array(per[0]["steps"])
         mean_curve = np.mean([np.interp(grid, x["steps"], x["per_update"]) for x in per], axis=0)
-        ax = axes[0] if name.endswith("cbeta3") or "mb64" in name or quick else axes[1]
-        ax.plot(grid / total, mean_curve, label=f"{name} ({len(runs)} seeds)")
-    for ax, title in zip(axes, ("C_beta 3 (paper) by env; CartPole mb64: old setting", "C_beta sweep")):
+        label, style = f"{name} ({len(runs)} seeds)", "-" if "Pendulum-v1" in name else "--"
+        if name.endswith("cbeta3") or "mb64" in name or quick:
+            axes[0].plot(grid / total, mean_curve, label=label)
+        if name.split("/")[0] in ("Pendulum-v1", "InvertedPendulum-v5"):
+            axes[1].plot(grid / total, mean_curve, style, label=label)
+    for ax, title in zip(axes, ("C_beta 3 (paper) by env; CartPole mb64: old setting", "C_beta sweep (1, 2, 3)")):
         ax.axhline(0.05, color="k", ls="--", lw=1, label="claim: 5%")
         ax.axvline(BURN_IN, color="grey", ls=":", lw=1)
         ax.set(title=title, xlabel="fraction of training", ylabel="fix-up / primary steps, per update (mean)")
