@@ -55,6 +55,7 @@ def variants() -> dict[str, tuple[str, int, dict]]:
         "CartPole-v1/mb64": ("CartPole-v1", 50_000, mb64),  # the previous report's setting (class defaults)
         "Pendulum-v1/cbeta2": ("Pendulum-v1", 196_608, _paper(c_beta=2.0)),
         "Pendulum-v1/cbeta1": ("Pendulum-v1", 196_608, _paper(c_beta=1.0)),
+        "Pendulum-v1/cbeta3_500k": ("Pendulum-v1", 499_712, _paper()),
     }
 
 
@@ -73,6 +74,8 @@ TIERS = (
     ),
     (("Pendulum-v1/cbeta1", "Hopper-v5/cbeta3", "Pendulum-v1/cbeta2"), range(1, 4)),
     (("InvertedPendulum-v5/cbeta3", "Pendulum-v1/cbeta3"), range(6, 11)),
+    (("Pendulum-v1/cbeta1", "Pendulum-v1/cbeta2", "Hopper-v5/cbeta3"), range(4, 6)),
+    (("Pendulum-v1/cbeta3_500k",), range(1, 3)),
 )
 
 
@@ -182,7 +185,7 @@ def report(root: Path = RUNS, out_dir: Path = HERE, quick: bool = False) -> dict
         grid = np.array(per[0]["steps"])
         mean_curve = np.mean([np.interp(grid, x["steps"], x["per_update"]) for x in per], axis=0)
         label, style = f"{name} ({len(runs)} seeds)", "-" if "Pendulum-v1" in name else "--"
-        if name.endswith("cbeta3") or "mb64" in name or quick:
+        if "cbeta3" in name or "mb64" in name or quick:
             axes[0].plot(grid / total, mean_curve, label=label)
         if name.split("/")[0] in ("Pendulum-v1", "InvertedPendulum-v5"):
             axes[1].plot(grid / total, mean_curve, style, label=label)
