@@ -275,6 +275,27 @@ _on_policy(
 
 # PPO-EWMA: clip against an EWMA of past weights, IS-corrected to the behaviour policy; EWMA advantage
 # normalization (Hilton, Cobbe & Schulman, "Batch size-invariance for policy optimization").
+# The paper's protocol (docs/protocols.md "ppo_ewma: paper"): one policy epoch, 8 minibatches per iteration, constant
+# Adam step size, no value or gradient clipping, reward normalization, per-batch advantage whitening at the default
+# batch of 16 envs x 32 steps; other batch sizes come from batch_size_adjusted (policyopt/control/proximal.py).
+PPO_EWMA_PAPER = dict(
+    num_envs=16,
+    n_steps=32,
+    minibatch_size=64,
+    epochs=1,
+    lr_schedule="constant",
+    clip_schedule="constant",
+    adam_eps=1e-8,
+    max_grad_norm=None,
+    vf_clip=None,
+    vf_coef=1.0,
+    ent_coef=0.01,
+    norm_reward=True,
+    adv_norm="ewma",
+    ewma={"prox_decay": 7 / 9, "adv_decay": 0.0, "imp_samp_max": 100.0},
+)
+PPO_EWMA_PAPER_PRESETS = {"CartPole-v1": dict(learning_rate=1e-3)}
+
 _on_policy(
     name="ppo_ewma",
     doc="PPO-EWMA: proximal policy = EWMA of past weights, decoupled from the behaviour policy "
