@@ -230,6 +230,55 @@ def test_bench_groups_the_seeds_of_a_cell_into_one_population_job(tmp_path, fake
     assert sorted(len(j.get("members", [j])) for j in _bench_jobs(tmp_path, overrides=gammas)) == [1, 2]
 
 
+def test_bench_grid_variants_are_cells_and_share_a_population(tmp_path, fake_batched, monkeypatch):
+    from policyopt.bench import executors
+    from policyopt.bench.spec import parse_spec
+
+    grid = {"ppo": {"learning_rate": [0.001, 0.0005]}}
+    spec = parse_spec({**SPEC, "seeds": 2, "grid": grid})
+    labels = ["ppo[learning_rate=0.001]", "ppo[learning_rate=0.0005]"]
+    assert spec.algos == labels
+    jobs = _bench_jobs(tmp_path, seeds=2, grid=grid)  # learning_rate is per-member: both variants, one population
+    assert len(jobs) == 1
+    got = [(m["algo"], m["preset"], m["seed"], m["config"]["learning_rate"]) for m in jobs[0]["members"]]
+    assert sorted(got) == sorted((lab, "ppo", s, lr) for lab, lr in zip(labels, (0.001, 0.0005)) for s in (1, 2))
+    assert len({m["run_dir"] for m in jobs[0]["members"]}) == 4
+    gammas = _bench_jobs(tmp_path, seeds=2, grid={"ppo": {"gamma": [0.9, 0.99]}})  # not per-member: one each
+    assert sorted(len(j["members"]) for j in gammas) == [2, 2]
+    # an override naming the preset reaches every variant; one naming a label reaches that variant only
+    over = [{"algo": "ppo", "sets": {"ent_coef": 0.5}}, {"algo": labels[1], "sets": {"ent_coef": 0.25}}]
+    jobs = _bench_jobs(tmp_path, grid=grid, overrides=over)
+    ent = {m["algo"]: m["config"]["ent_coef"] for j in jobs for m in j.get("members", [j])}
+    assert ent == {labels[0]: 0.5, labels[1]: 0.25}
+    # end to end: rows carry the labels, each run directory records the preset (so eval and --resume work)
+    monkeypatch.setattr(executors, "run_local", lambda jobs, workers: (o for j in jobs for o in executors.run_job(j)))
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, "seeds": 1, "grid": grid}))
+    assert main(["bench", str(path), "--out", str(tmp_path / "g"), "--workers", "1", "--no-report"]) == 0
+    with open(tmp_path / "g" / "results.csv", newline="") as f:
+        rows = {r["algo"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == sorted(labels) and all(r["status"] == "finished" for r in rows.values())
+    info = json.loads((Path(rows[labels[1]]["run_dir"]) / "run.json").read_text())
+    assert info["algo"] == "ppo" and info["bench"]["entry"] == labels[1]
+    assert _calls(fake_batched) == [{"seeds": [1, 1], "resume": False}]
+
+
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ({"sac": {"learning_rate": [1]}}, "grid names 'sac', which is not in 'algos' (ppo)"),
+        ({"ppo": {"learning_rate": []}}, "ppo.learning_rate is []"),
+        ({"ppo": {"learning_rate": [1, 1]}}, "grid gives ppo[learning_rate=1] twice"),
+        ([1], "'grid' must map algorithm names"),
+    ],
+)
+def test_bench_grid_refuses_bad_shapes(grid, message):
+    from policyopt.bench.spec import parse_spec
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_spec({**SPEC, "grid": grid})
+
+
 def test_bench_population_job_runs_and_resumes(tmp_path, fake_batched, capsys, monkeypatch):
     from policyopt.bench import executors
 

@@ -221,3 +221,40 @@ def test_the_array_cartpole_steps_bit_for_bit_as_gymnasium():
             assert np.array_equal(x, y) and x.dtype == y.dtype, t
         obs, ends = r1[0], ends + int(r1[3].sum())
     assert ends > 0  # truncations happened
+
+
+def test_population_killed_at_a_random_moment_resumes_exactly(cli, tmp_path):
+    """SIGKILL a `--seeds` population process at a random moment after its first checkpoint appears (possibly
+    while the other members' checkpoints are being written); `--resume DIR --seeds` then ends where the
+    uninterrupted population ends, member by member, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    delay = float(torch.rand(1, generator=torch.Generator().manual_seed(int(time.time()))).item()) * 0.2
+    sets = {**SMALL, "total_steps": 1024, "checkpoint_every": 64, "norm_obs": True, "tensorboard": False}
+    args = ["--env", "CartPole-v1", "--seeds", "1-3", "--no-progress"]
+    args += [a for k, v in sets.items() for a in ("--set", f"{k}={str(v).lower()}")]
+    code, _, err = cli("train", "ppo", "--out", str(tmp_path / "ref"), *args)
+    assert code == 0, err
+    run = tmp_path / "killed"
+    exe = Path(sys.executable).parent / "policyopt"
+    proc = subprocess.Popen([str(exe), "train", "ppo", "--out", str(run), *args], stdout=subprocess.DEVNULL)
+    first = run / "seed-1" / "checkpoints" / "latest.safetensors"
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(delay)
+    assert proc.poll() is None, "the population finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    code, _, err = cli("train", "--resume", str(run), "--seeds", "1-3")
+    assert code == 0, err
+    for s in (1, 2, 3):
+        a, b = _state(tmp_path / "ref" / f"seed-{s}"), _state(run / f"seed-{s}")
+        assert a["counters"] == b["counters"]
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), (s, k)
+        assert _metrics(tmp_path / "ref" / f"seed-{s}") == _metrics(run / f"seed-{s}"), f"killed after {delay:.3f} s"

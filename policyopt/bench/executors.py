@@ -129,7 +129,7 @@ def _train_cell(job: dict[str, Any], run_dir: Path, out: dict[str, Any]) -> dict
     t0 = time.time()
     bench = _bench_info(job)
     try:
-        algo = algos.get(job["algo"])
+        algo = algos.get(_preset(job))
         resume = rundir.checkpoint_path(run_dir).exists() and (run_dir / "run.json").exists()
         if resume:
             api.resume(run_dir, progress=False)
@@ -137,11 +137,11 @@ def _train_cell(job: dict[str, Any], run_dir: Path, out: dict[str, Any]) -> dict
             if run_dir.exists():  # started but died before its first checkpoint: start over
                 shutil.rmtree(run_dir)
             cfg = resolve(algo.config(), job["config"])
-            api.train(cfg, run_dir, algo=job["algo"], **bench)
+            api.train(cfg, run_dir, algo=_preset(job), **bench)
         out.update(status="finished", resumed=resume)
     except Exception as e:
         msg = _message(e)
-        _record_failure(run_dir, {"algo": job["algo"], **bench}, msg)
+        _record_failure(run_dir, {"algo": _preset(job), **bench}, msg)
         out.update(status="failed", error=msg, traceback=traceback.format_exc(limit=8))
     out["seconds"] = round(time.time() - t0, 2)
     return out
@@ -202,13 +202,13 @@ def _train_population(job: dict, cells: list[dict], dirs: list[Path], outs: list
     if any(started) and not all(started):
         return [_train_cell(m, d, o) for m, d, o in zip(cells, dirs, outs)]
     t0 = time.time()
-    infos = [{"algo": m["algo"], **_bench_info(m)} for m in cells]
+    infos = [{"algo": _preset(m), **_bench_info(m)} for m in cells]
     error = trace = ""
     try:
         for d in dirs:
             if d.exists() and not any(started):  # started but died before the first checkpoint: start over
                 shutil.rmtree(d)
-        cfgs = [resolve(algos.get(m["algo"]).config(), m["config"]) for m in cells]
+        cfgs = [resolve(algos.get(_preset(m)).config(), m["config"]) for m in cells]
         batched = members.load_batched(job["population"])
         members.run_members(family_of(cfgs[0]), cfgs, dirs, resume=all(started), batched=batched, infos=infos)
     except Exception as e:
@@ -225,8 +225,14 @@ def _train_population(job: dict, cells: list[dict], dirs: list[Path], outs: list
     return outs
 
 
+def _preset(job: dict[str, Any]) -> str:
+    """The registered preset of a cell job (its ``algo`` is a grid variant's label when the spec has a grid)."""
+    return job.get("preset") or job["algo"]
+
+
 def _bench_info(job: dict[str, Any]) -> dict[str, Any]:
-    return {"bench": {"target": job["target"], "seed": job["seed"], "digest": job["digest"]}}
+    info = {"target": job["target"], "seed": job["seed"], "digest": job["digest"]}
+    return {"bench": {**info, "entry": job["algo"]} if job["algo"] != _preset(job) else info}
 
 
 def _message(e: BaseException) -> str:

@@ -101,6 +101,7 @@ def _jobs(cells: list[Cell], seeds: list[int], population: str = "auto") -> tupl
         pending.append(
             {
                 "algo": c.algo,
+                "preset": c.preset or c.algo,
                 "target": c.target,
                 "seed": c.seed,
                 "family": c.family,
@@ -128,7 +129,7 @@ def _populations(pending: list[dict], mode: str) -> tuple[list[dict], list[str]]
     for j in pending:
         batched, _ = members.batched_of(FAMILIES.get(j["family"]))
         shared = members.shared_config(j["config"], batched.per_member) if batched else j["run_dir"]
-        key = (j["algo"], j["target"], config_digest({"shared": shared}))
+        key = (j["preset"], j["target"], config_digest({"shared": shared}))
         groups.setdefault(key, []).append(j)
         batched_for[key] = batched
     jobs, notes = [], []
@@ -137,16 +138,17 @@ def _populations(pending: list[dict], mode: str) -> tuple[list[dict], list[str]]
         if batched is None or len(group) < 2:
             jobs += group
             continue
-        cfgs = [resolve(algos.get(j["algo"]).config(), j["config"]) for j in group]
+        cfgs = [resolve(algos.get(j["preset"]).config(), j["config"]) for j in group]
         chosen, note = members.plan(FAMILIES.get(group[0]["family"]), cfgs, mode)
         if chosen is None:
             notes.append(f"{group[0]['algo']} {group[0]['target']}: {note}")
             jobs += group
             continue
         seeds = [j["seed"] for j in group]
-        jobs.append({**{k: group[0][k] for k in ("algo", "target", "seed", "family")}, "seeds": seeds})
+        jobs.append({**{k: group[0][k] for k in ("algo", "preset", "target", "seed", "family")}, "seeds": seeds})
         jobs[-1].update(members=group, population=batched.entry)
-        notes.append(f"{group[0]['algo']} {group[0]['target']} seeds {seeds}: {note}")
+        labels = list(dict.fromkeys(j["algo"] for j in group))
+        notes.append(f"{', '.join(labels)} {group[0]['target']} seeds {seeds}: {note}")
     return jobs, notes
 
 

@@ -17,16 +17,23 @@ Example::
     reference_scores: {CartPole-v1: {low: 22.0, high: 475.0}}
     population: auto                    # auto: the unfinished seeds of one cell train as one population job when
                                         # the family's batched trainer supports the config; off: one job per seed
+    grid:                               # hyper-parameter variants: one algorithm entry per combination,
+      ppo: {learning_rate: [0.001, 0.0003], ent_coef: [0.0, 0.01]}   # named ppo[learning_rate=0.001,ent_coef=0.0]
 
 A cell names a *target*: an environment id for algorithms whose ``target_key`` is ``env_id`` and a task
 name for those whose ``target_key`` is ``task`` (language-model presets). Each algorithm is paired with
 the targets of its kind, so one spec can hold both.
+
+A ``grid`` replaces an algorithm by its variants, each a cell of its own (its own row in the results and
+the report); cells that differ only in the seed and in keys the family's batched trainer can vary per member
+(for the on-policy trainer: learning rate, entropy coefficient, clip range) train as one population.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -51,6 +58,7 @@ _KEYS = {
     "reference_scores",
     "description",
     "population",
+    "grid",
 }
 POPULATION_MODES = ("auto", "off")
 _EVAL_KEYS = {"every", "episodes", "last"}
@@ -99,13 +107,14 @@ class EvalProtocol:
 
 @dataclass
 class Cell:
-    algo: str
+    algo: str  # the algorithm entry: a preset name, or a grid variant's label
     target: str
     seed: int
     target_key: str
     family: str
     config: dict[str, Any]  # fully resolved config (plain dict, picklable)
     run_dir: str
+    preset: str = ""  # the registered preset ("" = algo)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -131,6 +140,11 @@ class BenchSpec:
     out: str | None = None
     description: str = ""
     population: str = "auto"
+    variants: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # grid label -> (preset, sets)
+
+    def variant(self, label: str) -> tuple[str, dict[str, Any]]:
+        """The preset and the grid's config values of algorithm entry ``label``."""
+        return self.variants.get(label, (label, {}))
 
     def budget_for(self, target: str) -> int | None:
         if self.budget is None:
@@ -242,6 +256,8 @@ def parse_spec(data: dict[str, Any]) -> BenchSpec:
     algos_, envs, tasks = str_list("algos"), str_list("envs"), str_list("tasks")
     if not algos_:
         raise UserError("bench spec: 'algos' is empty")
+    variants = _grid(data.get("grid"), algos_)
+    algos_ = [label for a in algos_ for label in ([v for v in variants if variants[v][0] == a] or [a])]
     if not envs and not tasks:
         raise UserError("bench spec: give 'envs' (control) and/or 'tasks' (language-model presets)")
     seeds = data.get("seeds", 3)
@@ -301,7 +317,32 @@ def parse_spec(data: dict[str, Any]) -> BenchSpec:
         out=_optional_str(data.get("out"), "out"),
         description=_optional_str(data.get("description"), "description") or "",
         population=_population_mode(data.get("population", "auto")),
+        variants=variants,
     )
+
+
+def _grid(grid: Any, algos_: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``{preset: {key: [values]}}`` -> ``{label: (preset, {key: value})}``, one entry per combination, labels
+    ``preset[key=value,...]`` in the order the spec gives the keys."""
+    if grid is None:
+        return {}
+    shape = "bench spec: 'grid' must map algorithm names to {config key: [values, ...]}"
+    if not isinstance(grid, dict) or not all(isinstance(g, dict) and g for g in grid.values()):
+        raise UserError(f"{shape}, got {grid!r}")
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for preset, axes in grid.items():
+        if preset not in algos_:
+            raise UserError(f"bench spec: grid names {preset!r}, which is not in 'algos' ({', '.join(algos_)})")
+        for key, values in axes.items():
+            if not isinstance(key, str) or not isinstance(values, list) or not values:
+                raise UserError(f"{shape}; {preset}.{key} is {values!r}")
+        for combo in itertools.product(*axes.values()):
+            sets = dict(zip(axes, combo))
+            label = f"{preset}[{','.join(f'{k}={json.dumps(v)}' for k, v in sets.items())}]"
+            if label in out:
+                raise UserError(f"bench spec: grid gives {label} twice (repeated values in {preset}'s lists)")
+            out[label] = (preset, sets)
+    return out
 
 
 def load_spec(path: str | Path) -> BenchSpec:
@@ -331,7 +372,8 @@ def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
     cells: list[Cell] = []
     dirs: dict[str, str] = {}
     for name in spec.algos:
-        algo = algos.get(name)
+        preset, grid_sets = spec.variant(name)
+        algo = algos.get(preset)
         targets = spec.envs if algo.target_key == "env_id" else spec.tasks
         if not targets:
             kind = "envs" if algo.target_key == "env_id" else "tasks"
@@ -339,10 +381,10 @@ def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
         fields = set(algo.config.__dataclass_fields__)
         for target in targets:
             for seed in spec.seeds:
-                sets = dict(spec.sets)
+                sets = {**spec.sets, **grid_sets}
                 for o in spec.overrides:
                     if (
-                        o.get("algo", name) == name
+                        o.get("algo", name) in (name, preset)
                         and o.get("target", target) == target
                         and o.get("seed", seed) == seed
                     ):
@@ -362,7 +404,7 @@ def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
                 ):
                     if k in fields:
                         flags[k] = v
-                cfg = algos.build_config(name, sets=sets, flags=flags)
+                cfg = algos.build_config(preset, sets=sets, flags=flags)
                 run_dir = str(Path(out) / "runs" / cell_dir_name(name, target, seed))
                 if run_dir in dirs:
                     raise UserError(
@@ -379,6 +421,7 @@ def expand(spec: BenchSpec, out: str | Path) -> list[Cell]:
                         family=algo.family,
                         config=to_dict(cfg),
                         run_dir=run_dir,
+                        preset=preset,
                     )
                 )
     return cells
