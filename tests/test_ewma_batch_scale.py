@@ -101,3 +101,25 @@ def test_each_ablation_switch_changes_only_its_value(kwargs, key, want):
 def test_bad_input_raises_user_error(c, kwargs):
     with pytest.raises(UserError):
         batch_size_adjusted(BASE, c, **kwargs)
+
+
+def test_paper_protocol_resolves_and_shrinks_to_a_valid_config():
+    from policyopt import algos
+
+    sets = {"env_id": "CartPole-v1", "protocol": "paper"}
+    cfg = algos.build_config("ppo_ewma", sets=sets)
+    assert (cfg.num_envs, cfg.n_steps, cfg.minibatch_size, cfg.epochs) == (16, 32, 64, 1)  # 8 minibatches, E = 1
+    assert (cfg.learning_rate, cfg.lr_schedule, cfg.adam_eps) == (1e-3, "constant", 1e-8)
+    assert cfg.max_grad_norm is None and cfg.vf_clip is None and cfg.norm_reward
+    assert (cfg.proximal, cfg.adv_norm, cfg.ewma.adv_decay) == ("ewma", "ewma", 0.0)
+    assert ewma_com(cfg.ewma.prox_decay) == pytest.approx(3.5)  # PPO's mean proximal age at E = 1, 8 minibatches
+    assert cfg.gamma == 0.98  # the env's tuned preset is kept
+    settings = {
+        "num_envs": cfg.num_envs,
+        "minibatch_size": cfg.minibatch_size,
+        "learning_rate": cfg.learning_rate,
+        "ewma": {"prox_decay": cfg.ewma.prox_decay, "adv_decay": cfg.ewma.adv_decay},
+    }
+    small = algos.build_config("ppo_ewma", sets={**sets, **batch_size_adjusted(settings, 16)})
+    assert (small.num_envs, small.minibatch_size, small.learning_rate) == (1, 4, 2.5e-4)
+    assert small.ewma.imp_samp_max == 100.0 and ewma_com(small.ewma.prox_decay) == pytest.approx(56.0)

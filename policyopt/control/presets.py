@@ -7,13 +7,13 @@ openai/baselines' MuJoCo defaults for the MuJoCo tasks.
 
 from __future__ import annotations
 
-from policyopt.algos import Algorithm, register
+from policyopt.algos import Algorithm, Protocol, register
 from policyopt.control.onpolicy import OnPolicyConfig
 
 TRAIN, EVAL = "policyopt.control.onpolicy:train", "policyopt.control.onpolicy:evaluate_run"
 
 
-def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None) -> None:
+def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None, protocols: dict | None = None) -> None:
     """Register a preset of the one on-policy trainer."""
     register(
         Algorithm(
@@ -25,6 +25,7 @@ def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None)
             doc=doc,
             defaults=defaults or {},
             presets=presets,
+            protocols=protocols or {},
         )
     )
 
@@ -302,6 +303,16 @@ _on_policy(
     "(Hilton et al., 2022, 'Batch size-invariance for policy optimization')",
     defaults=dict(proximal="ewma", adv_norm="ewma"),
     presets=PPO_PRESETS,
+    protocols={
+        "paper": Protocol(
+            doc="Hilton et al.'s setting: one policy epoch, 8 minibatches, constant Adam step size, no value or "
+            "gradient clipping, reward normalization, at a default batch of 16 envs x 32 steps (smaller batches: "
+            "batch_size_adjusted)",
+            source="docs/protocols.md#ppo_ewma-paper",
+            defaults=PPO_EWMA_PAPER,
+            presets=PPO_EWMA_PAPER_PRESETS,
+        )
+    },
 )
 
 # FixPO: -A r + beta KL with adaptive beta, plus a fix-up phase that guarantees max KL <= eps_kl after every

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from common import RUNS, curve, final_eval, iqm_ci, mean_ci, run_one, runs_of  # noqa: E402
+from common import RUNS, curve, final_eval, iqm_ci, mean_ci, run_one, runs_of, series  # noqa: E402
 
 CLAIM = "bsi_paper"
 SUFFIX = ""  # "_quick" for the smoke check (outputs are not the report's)
@@ -49,14 +49,8 @@ LR_GRID = (2.5e-4, 5e-4, 1e-3, 2e-3)
 TUNE_SEEDS = (101, 102, 103)
 
 
-def paper_sets(env: str) -> dict:
-    """The paper protocol's overrides for ``env`` (the lead's Protocol record, when present, replaces this)."""
-    from policyopt.control.presets import PPO_EWMA_PAPER, PPO_EWMA_PAPER_PRESETS
-
-    return {"env_id": env, **PPO_EWMA_PAPER, **PPO_EWMA_PAPER_PRESETS.get(env, {})}
-
-
-def base_settings(env: str, sets: dict) -> dict:
+def base_settings(sets: dict) -> dict:
+    """The values :func:`batch_size_adjusted` reads, from the resolved config."""
     from policyopt import algos
 
     cfg = algos.build_config("ppo_ewma", sets=sets)
@@ -70,18 +64,16 @@ def base_settings(env: str, sets: dict) -> dict:
 
 
 def variants(env: str, steps: int) -> dict[str, dict]:
-    """Variant name -> config overrides (without the seed)."""
+    """Variant name -> config overrides (without the seed): the ``paper`` protocol, then the adjustments."""
     from policyopt.control.proximal import batch_size_adjusted
 
-    base = {**paper_sets(env), **EXTRA, "total_steps": steps}
-    s = base_settings(env, base)
+    base = {"env_id": env, "protocol": "paper", **EXTRA, "total_steps": steps}
+    s = base_settings(base)
     out = {}
     for c in SCALES:
-        adj = batch_size_adjusted(s, c)
-        out[f"c{c}"] = {**base, **adj, "ewma": {**base["ewma"], **adj["ewma"]}}
+        out[f"c{c}"] = {**base, **batch_size_adjusted(s, c)}
     for name, (kw, extra) in ABLATIONS.items():
-        adj = batch_size_adjusted(s, SCALES[-1], **kw)
-        out[f"c{SCALES[-1]}_{name}"] = {**base, **adj, "ewma": {**base["ewma"], **adj["ewma"]}, **extra}
+        out[f"c{SCALES[-1]}_{name}"] = {**base, **batch_size_adjusted(s, SCALES[-1], **kw), **extra}
     return out
 
 
@@ -131,9 +123,17 @@ def _norm(env, r):
     return (r - lo) / (hi - lo)
 
 
-def _finals(env, variant):
+def _finals(env, variant, metric="eval", steps=0):
+    """Per seed: the final deterministic-evaluation return (``eval``) or the mean training-episode return over
+    the last 20% of the steps (``late_train``), normalized."""
     runs = runs_of(CLAIM, f"{env}/{variant}")
-    return {int(r.name[1:]): _norm(env, final_eval(r)) for r in runs}
+    if metric == "eval":
+        return {int(r.name[1:]): _norm(env, final_eval(r)) for r in runs}
+    out = {}
+    for r in runs:
+        pts = series(r, "train/episode_return")
+        out[int(r.name[1:])] = _norm(env, float(pts[pts[:, 0] >= 0.8 * steps, 1].mean()))
+    return out
 
 
 def _gap(a: dict, b: dict) -> dict | None:
@@ -172,6 +172,9 @@ def report(envs, steps):
             if len(f) >= 2
         }
         e["gap_default_minus"] = {v: _gap(finals["c1"], finals[v]) for v in vs if v != "c1"}
+        late = {v: _finals(env, v, "late_train", steps) for v in vs}
+        e["late_train_normalized_mean_ci"] = {v: mean_ci(list(f.values())) for v, f in late.items() if len(f) >= 2}
+        e["late_train_gap_default_minus"] = {v: _gap(late["c1"], late[v]) for v in vs if v != "c1"}
         e["gap_vs_full_adjustment_at_smallest"] = {
             v: _gap(finals[small], finals[v]) for v in vs if v.startswith(small + "_")
         }
