@@ -7,13 +7,13 @@ openai/baselines' MuJoCo defaults for the MuJoCo tasks.
 
 from __future__ import annotations
 
-from policyopt.algos import ALGORITHMS, Algorithm, Protocol, register
+from policyopt.algos import Algorithm, Protocol, register
 from policyopt.control.onpolicy import OnPolicyConfig
 
 TRAIN, EVAL = "policyopt.control.onpolicy:train", "policyopt.control.onpolicy:evaluate_run"
 
 
-def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None) -> None:
+def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None, protocols: dict | None = None) -> None:
     """Register a preset of the one on-policy trainer."""
     register(
         Algorithm(
@@ -25,6 +25,7 @@ def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None)
             doc=doc,
             defaults=defaults or {},
             presets=presets,
+            protocols=protocols or {},
         )
     )
 
@@ -275,12 +276,43 @@ _on_policy(
 
 # PPO-EWMA: clip against an EWMA of past weights, IS-corrected to the behaviour policy; EWMA advantage
 # normalization (Hilton, Cobbe & Schulman, "Batch size-invariance for policy optimization").
+# The paper's protocol (docs/protocols.md "ppo_ewma: paper"): one policy epoch, 8 minibatches per iteration, constant
+# Adam step size, no value or gradient clipping, reward normalization, per-batch advantage whitening at the default
+# batch of 16 envs x 32 steps; other batch sizes come from batch_size_adjusted (policyopt/control/proximal.py).
+PPO_EWMA_PAPER = dict(
+    num_envs=16,
+    n_steps=32,
+    minibatch_size=64,
+    epochs=1,
+    lr_schedule="constant",
+    clip_schedule="constant",
+    adam_eps=1e-8,
+    max_grad_norm=None,
+    vf_clip=None,
+    vf_coef=1.0,
+    ent_coef=0.01,
+    norm_reward=True,
+    adv_norm="ewma",
+    ewma={"prox_decay": 7 / 9, "adv_decay": 0.0, "imp_samp_max": 100.0},
+)
+PPO_EWMA_PAPER_PRESETS = {"CartPole-v1": dict(learning_rate=1e-3)}
+
 _on_policy(
     name="ppo_ewma",
     doc="PPO-EWMA: proximal policy = EWMA of past weights, decoupled from the behaviour policy "
     "(Hilton et al., 2022, 'Batch size-invariance for policy optimization')",
     defaults=dict(proximal="ewma", adv_norm="ewma"),
     presets=PPO_PRESETS,
+    protocols={
+        "paper": Protocol(
+            doc="Hilton et al.'s setting: one policy epoch, 8 minibatches, constant Adam step size, no value or "
+            "gradient clipping, reward normalization, at a default batch of 16 envs x 32 steps (smaller batches: "
+            "batch_size_adjusted)",
+            source="docs/protocols.md#ppo_ewma-paper",
+            defaults=PPO_EWMA_PAPER,
+            presets=PPO_EWMA_PAPER_PRESETS,
+        )
+    },
 )
 
 # FixPO: -A r + beta KL with adaptive beta, plus a fix-up phase that guarantees max KL <= eps_kl after every
@@ -316,10 +348,12 @@ _on_policy(
     "(Zentner et al., 2023, 'Guaranteed Trust Region Optimization via Two-Phase KL Penalization')",
     defaults=dict(policy_loss="kl_proximal", trust_region="fixpo"),
     presets=_PPO_PRESETS_NO_CLIP,
-)
-ALGORITHMS.get("fixpo").protocols["paper"] = Protocol(
-    doc="the authors' Gaussian MuJoCo runs: 64 envs x 128 steps, 16 minibatches x 10 epochs, fix-up minibatch "
-    "1024, eps_kl 0.5, C_beta 3, no advantage normalization",
-    source="docs/protocols.md#fixpo-paper",
-    defaults=FIXPO_PAPER,
+    protocols={
+        "paper": Protocol(
+            doc="the authors' Gaussian MuJoCo runs: 64 envs x 128 steps, 16 minibatches x 10 epochs, fix-up "
+            "minibatch 1024, eps_kl 0.5, C_beta 3, no advantage normalization",
+            source="docs/protocols.md#fixpo-paper",
+            defaults=FIXPO_PAPER,
+        )
+    },
 )

@@ -20,9 +20,8 @@ variance (``adv_norm=ewma``): once per iteration, with the whole batch's mean an
 by its sample count, then the whole batch is whitened with the running estimates.
 
 Deviations from the reference code (details in docs/control.md): the default ``adv_decay`` is 0.9 (the
-reference's ``adv_ewma_decay`` default is 0, plain per-batch whitening); for batch-size invariance use Adam
-lr proportional to the batch size and decays that keep the EWMA ages fixed, ``d' = d ** k`` for a batch ``k``
-times larger.
+reference's ``adv_ewma_decay`` default is 0, plain per-batch whitening). The paper's hyper-parameter adjustments
+for a change of batch size are :func:`batch_size_adjusted`.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from torch import Tensor
 from policyopt.advantages.functional import whiten
 from policyopt.config import in_range, nonneg, opt
 from policyopt.control.kl_control import TRUST_REGIONS
+from policyopt.errors import UserError
 from policyopt.losses import PolicyBatch, masked_mean
 from policyopt.losses.aggregation import masked_max
 from policyopt.registry import Registry
@@ -251,3 +251,73 @@ class EwmaAdvNorm(_AdvNorm):
     def load_state_dict(self, state):
         if "count" in state:
             self.count, self.sum, self.sumsq = state["count"], state["sum"], state["sumsq"]
+
+
+# ---- batch size-invariance: the adjustment rule ----------------------------------------------------------------
+def ewma_com(decay: float) -> float:
+    """Centre of mass (mean age, in updates) of an EWMA with decay ``d``: ``d / (1 - d) = 1 / (1 - d) - 1``."""
+    return math.inf if decay >= 1 else decay / (1.0 - decay)
+
+
+def decay_from_com(com: float) -> float:
+    """Inverse of :func:`ewma_com`: ``d = com / (1 + com)``."""
+    return 1.0 if math.isinf(com) else com / (1.0 + com)
+
+
+def ewma_span(decay: float) -> float:
+    """Span of an EWMA with decay ``d`` (weight ``2 / (span + 1)`` on the newest update): ``(1 + d) / (1 - d)``."""
+    return math.inf if decay >= 1 else (1.0 + decay) / (1.0 - decay)
+
+
+def decay_from_span(span: float) -> float:
+    """Inverse of :func:`ewma_span`: ``d = (span - 1) / (span + 1)``."""
+    return 1.0 if math.isinf(span) else (span - 1.0) / (span + 1.0)
+
+
+# Adam step-size rules for a batch ``c`` times smaller: the multiplier of the learning rate
+LR_RULES = {"sqrt": lambda c: c**-0.5, "linear": lambda c: 1.0 / c}
+BATCH_SCALE_KEYS = ("learning_rate", "prox_decay", "adv_decay")
+
+
+def _divided(name: str, value: int, c: float) -> int:
+    n = value / c
+    if n < 1 or abs(n - round(n)) > 1e-9:
+        raise UserError(f"batch shrink factor c={c} does not divide {name}={value} into a whole number >= 1")
+    return int(round(n))
+
+
+def batch_size_adjusted(settings: dict, c: float, keep: tuple[str, ...] = (), lr_rule: str = "sqrt") -> dict:
+    """PPO-EWMA settings for a batch ``c`` times *smaller* (any ``c > 0``; ``c < 1`` enlarges it), following the
+    adjustments of Hilton, Cobbe & Schulman, "Batch size-invariance for policy optimization" (arXiv 2110.00641):
+
+    - the batch shrinks through the number of parallel environments, ``num_envs / c``; the number of minibatches
+      per epoch stays fixed, so ``minibatch_size / c`` (``n_steps`` and the epoch count are unchanged);
+    - Adam step size ``lr / sqrt(c)`` (``lr_rule="linear"``: ``lr / c``, the linear-scaling ablation);
+    - proximal-policy EWMA (decay per gradient step): centre of mass ``com = 1 / (1 - d) - 1`` multiplied by ``c``,
+      ``d' = c com / (1 + c com)``, so the proximal policy keeps its age in samples;
+    - advantage-normalization EWMA (decay per iteration): span ``(1 + d) / (1 - d)`` multiplied by ``c``,
+      ``d' = (c span - 1) / (c span + 1)``; a decay of 0 (per-batch whitening, span 1) becomes
+      ``(c - 1) / (c + 1)``; a span below 1 (only when enlarging) is clamped to 1, i.e. decay 0.
+
+    ``settings`` holds ``num_envs``, ``minibatch_size``, ``learning_rate`` and ``ewma: {prox_decay, adv_decay}``;
+    the result has the same keys (usable as config overrides). ``keep`` names adjustments to leave out (the
+    paper's ablations): any of ``learning_rate``, ``prox_decay``, ``adv_decay``.
+    """
+    if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
+        raise UserError(f"batch shrink factor c={c!r} must be a finite number > 0")
+    bad = sorted(set(keep) - set(BATCH_SCALE_KEYS))
+    if bad:
+        raise UserError(f"unknown adjustment(s) to keep {bad}; valid choices: {', '.join(BATCH_SCALE_KEYS)}")
+    if lr_rule not in LR_RULES:
+        raise UserError(f"unknown lr_rule {lr_rule!r}; valid choices: {', '.join(LR_RULES)}")
+    prox, adv = settings["ewma"]["prox_decay"], settings["ewma"]["adv_decay"]
+    lr = settings["learning_rate"]
+    return {
+        "num_envs": _divided("num_envs", settings["num_envs"], c),
+        "minibatch_size": _divided("minibatch_size", settings["minibatch_size"], c),
+        "learning_rate": lr if "learning_rate" in keep else lr * LR_RULES[lr_rule](c),
+        "ewma": {
+            "prox_decay": prox if "prox_decay" in keep else decay_from_com(ewma_com(prox) * c),
+            "adv_decay": adv if "adv_decay" in keep else decay_from_span(max(ewma_span(adv) * c, 1.0)),
+        },
+    }
