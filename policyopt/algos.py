@@ -19,6 +19,21 @@ from policyopt.errors import UserError
 from policyopt.registry import Registry
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """A named set of config values under which a method's paper made its claims, applied on top of the
+    preset (after its tuned per-environment settings, before a YAML file, ``--set`` and flags). It only sets
+    config values; ``source`` names the docs section that gives the origin of every value."""
+
+    doc: str
+    source: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per env id / task, after ``defaults``
+
+    def layers(self, target: Any) -> list[dict[str, Any]]:
+        return [self.defaults, self.presets.get(str(target), {})]
+
+
 @dataclass
 class Algorithm:
     name: str
@@ -30,6 +45,13 @@ class Algorithm:
     defaults: dict[str, Any] = field(default_factory=dict)
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # tuned overrides per env id / task
     target_key: str = "env_id"  # the config key set by --env (control) or --task (lm)
+    protocols: dict[str, Protocol] = field(default_factory=dict)  # named authors' protocols (--protocol NAME)
+
+    def protocol(self, name: str) -> Protocol:
+        if name not in self.protocols:
+            valid = ", ".join(sorted(self.protocols)) or "none"
+            raise UserError(f"algorithm {self.name!r} has no protocol {name!r} (protocols: {valid})")
+        return self.protocols[name]
 
     def load(self, which: str) -> Callable:
         module, _, fn = (self.trainer if which == "train" else self.evaluator).partition(":")
@@ -68,12 +90,14 @@ def build_config(
     sets: Mapping[str, Any] | None = None,
     flags: Mapping[str, Any] | None = None,
 ):
-    """Resolve an algorithm's config: dataclass defaults < preset < tuned env/task preset < YAML file
-    < ``--set`` pairs < explicit flags (``--env``, ``--seed``, ``--total-steps``...)."""
+    """Resolve an algorithm's config: dataclass defaults < preset < tuned env/task preset < protocol (``protocol``
+    in flags, ``sets`` or the YAML file) < YAML file < ``--set`` pairs < explicit flags (``--env``, ``--seed``,
+    ``--total-steps``...)."""
     algo = get(name)
     file_layer = load_yaml(config_file) if config_file else {}
     sets = dict(sets or {})
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    protocol = [layer.pop("protocol") for layer in (file_layer, sets, flags) if layer.get("protocol") is not None]
     fields = {f for f in algo.config.__dataclass_fields__}
     for k in flags:
         if k not in fields:
@@ -84,7 +108,8 @@ def build_config(
     if target is None:
         target = getattr(algo.config(), algo.target_key, None)
     tuned = algo.presets.get(str(target), {}) if target is not None else {}
-    cfg = resolve(algo.config(), algo.defaults, tuned, file_layer, sets, flags)
+    chosen = algo.protocol(str(protocol[-1])).layers(target) if protocol else []
+    cfg = resolve(algo.config(), algo.defaults, tuned, *chosen, file_layer, sets, flags)
     if target is not None and algo.presets and str(target) not in algo.presets:
         _note_untuned(algo, str(target))
     _note_unused_loss_keys(cfg)

@@ -26,9 +26,9 @@ from policyopt.runs.files import atomic_write_text
 
 
 def configure(algo: str, *, config_file: str | Path | None = None, sets: Mapping[str, Any] | None = None, **flags: Any):
-    """The resolved config of preset ``algo``: dataclass defaults < preset < tuned env/task preset < YAML file
-    < ``sets`` (dotted keys, as ``--set``) < ``flags`` (``env=``/``task=`` select the target, any other field
-    name sets that field)."""
+    """The resolved config of preset ``algo``: dataclass defaults < preset < tuned env/task preset < authors'
+    protocol (``protocol=NAME``) < YAML file < ``sets`` (dotted keys, as ``--set``) < ``flags`` (``env=``/``task=``
+    select the target, any other field name sets that field)."""
     from policyopt import algos
 
     a = algos.get(algo)

@@ -287,3 +287,55 @@ def test_no_note_when_the_config_is_invalid(capsys, fresh_notes):
     with pytest.raises(Exception, match="learning_rate"):
         algos.build_config("ppo", flags={"env_id": "InvertedPendulum-v5"}, sets={"learning_rate": -1})
     assert capsys.readouterr().err == ""
+
+
+# ---- authors' protocols: named layers over the tuned preset ---------------------------------------------------
+
+
+@pytest.fixture
+def ppo_with_protocol(monkeypatch):
+    """ppo with a test protocol: sets learning_rate everywhere, and epochs on CartPole only."""
+    proto = algos.Protocol(
+        doc="test",
+        source="docs/protocols.md",
+        defaults={"learning_rate": 0.123},
+        presets={"CartPole-v1": {"epochs": 7}},
+    )
+    monkeypatch.setattr(algos.get("ppo"), "protocols", {"paper": proto})
+
+
+def test_protocol_layers_between_tuned_preset_and_user_values(ppo_with_protocol, tmp_path):
+    tuned = algos.build_config("ppo", flags={"env_id": "CartPole-v1"})
+    cfg = algos.build_config("ppo", flags={"env_id": "CartPole-v1", "protocol": "paper"})
+    assert (tuned.learning_rate, tuned.epochs) == (1e-3, 20)  # the zoo preset
+    assert (cfg.learning_rate, cfg.epochs, cfg.n_steps) == (0.123, 7, tuned.n_steps)  # protocol over it, rest kept
+    acro = algos.build_config("ppo", sets={"protocol": "paper", "env_id": "Acrobot-v1"})
+    assert (
+        acro.learning_rate == 0.123 and acro.epochs == algos.build_config("ppo", sets={"env_id": "Acrobot-v1"}).epochs
+    )
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("protocol: paper\nepochs: 3\n")
+    from_file = algos.build_config(
+        "ppo", config_file=cfg_file, sets={"learning_rate": 0.5}, flags={"env_id": "CartPole-v1"}
+    )
+    assert (from_file.learning_rate, from_file.epochs) == (0.5, 3)  # the user's values win over the protocol's
+
+
+def test_unknown_protocol_names_the_valid_ones(ppo_with_protocol):
+    from policyopt.errors import UserError
+
+    with pytest.raises(UserError, match=r"algorithm 'ppo' has no protocol 'nope' \(protocols: paper\)"):
+        algos.build_config("ppo", sets={"protocol": "nope"})
+    with pytest.raises(UserError, match=r"algorithm 'sac' has no protocol 'paper' \(protocols: none\)"):
+        algos.build_config("sac", sets={"protocol": "paper"})
+
+
+def test_protocol_flag_from_the_cli(ppo_with_protocol, capsys):
+    from policyopt.cli.main import main
+
+    assert main(["config", "ppo", "--env", "CartPole-v1", "--protocol", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "learning_rate: 0.123" in out and "epochs: 7" in out
+    assert main(["config", "ppo", "--protocol", "bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["policyopt: error: algorithm 'ppo' has no protocol 'bogus' (protocols: paper)"]

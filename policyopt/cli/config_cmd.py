@@ -70,6 +70,10 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model path or config (language-model presets)")
     p.add_argument("--config", help="YAML file of config overrides")
     p.add_argument(
+        "--protocol",
+        help="a named authors' protocol of the preset, applied over its tuned settings (see `policyopt list presets`)",
+    )
+    p.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -115,6 +119,7 @@ def build(args) -> tuple[algos.Algorithm, Any]:
         "dataset": args.dataset,
         "model": args.model,
         "total_steps": args.total_steps,
+        "protocol": args.protocol,
     }
     if getattr(args, "no_progress", False):
         flags["progress"] = False

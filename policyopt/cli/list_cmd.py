@@ -146,6 +146,13 @@ def run(args) -> int:
                 [(name, ", ".join(sorted(a.presets))) for name, a in reg.items() if a.presets],
             )
         )
+        console.print(
+            _table(
+                "authors' protocols (--protocol NAME, over the tuned preset; sources in docs/protocols.md)",
+                ("algorithm", "protocol", "what it sets"),
+                [(name, p, proto.doc) for name, a in reg.items() for p, proto in sorted(a.protocols.items())],
+            )
+        )
     for key, (title, registry) in _registries().items():
         if key in show:
             console.print(_table(title, ("name", "description"), [(n, doc_line(fn)) for n, fn in registry.items()]))
