@@ -282,6 +282,10 @@ class OnPolicyTrainer(Phases):
         if cfg.sampling_error_ref:
             policies = (self.sampler.blocks.maxlen or 0) + 1
             self.reference = OnPolicyReference(cfg, self.agent, policies, run.seeds)
+            # its own estimator instance and stream: the training data's estimate does not depend on it
+            self.reference_error = SAMPLING_ERRORS.get(se_name)(
+                cfg, self.agent, rng=run.seeds.torch("sampling_error_ref_fit")
+            )
             run.track("sampling_error_ref", self.reference)
         # exact KL(pi || pi_old) per state, only for the losses and controllers that read it
         self.needs_kl = "kl_old" in POLICY_LOSSES.meta(cfg.policy_loss).get("needs", ()) or self.region.needs_kl
@@ -415,7 +419,7 @@ class OnPolicyTrainer(Phases):
         obs, act, valid = obs.to(self.device), act.to(self.device), valid.to(self.device)
         with torch.no_grad():
             params = self.agent.dist_params(obs)
-        stats = self.sampling_error(iteration, self.agent, obs, act, params, valid)
+        stats = self.reference_error(iteration, self.agent, obs, act, params, valid)
         return {k.replace("diag/sampling_error", "diag/sampling_error_ref"): v for k, v in stats.items()}
 
     def _kl_on(self, idx):

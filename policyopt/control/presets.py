@@ -7,13 +7,13 @@ openai/baselines' MuJoCo defaults for the MuJoCo tasks.
 
 from __future__ import annotations
 
-from policyopt.algos import Algorithm, register
+from policyopt.algos import Algorithm, Protocol, register
 from policyopt.control.onpolicy import OnPolicyConfig
 
 TRAIN, EVAL = "policyopt.control.onpolicy:train", "policyopt.control.onpolicy:evaluate_run"
 
 
-def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None) -> None:
+def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None, protocols: dict | None = None) -> None:
     """Register a preset of the one on-policy trainer."""
     register(
         Algorithm(
@@ -25,6 +25,7 @@ def _on_policy(name: str, doc: str, presets: dict, defaults: dict | None = None)
             doc=doc,
             defaults=defaults or {},
             presets=presets,
+            protocols=protocols or {},
         )
     )
 
@@ -251,16 +252,6 @@ _on_policy(
 # ---- PROPS, MDPO, PPO-EWMA, FixPO: the same trainer with other boxes ----------------------------------------
 # Per-environment settings are PPO's tuned ones; each method only swaps a box.
 
-# PROPS: adaptive behaviour policy + buffer of the last 2 rollouts, PPO on the aggregate (Corrado & Hanna,
-# "On-Policy Policy Gradient RL Without On-Policy Sampling"). CartPole's 256-step rollout gets 4 adaptations.
-_on_policy(
-    name="props",
-    doc="PROPS: PPO on a buffer collected by an adaptive behaviour policy that lowers sampling error "
-    "(Corrado & Hanna, 'On-Policy Policy Gradient RL Without On-Policy Sampling')",
-    defaults=dict(sampler="props"),
-    presets={k: {**v, **({"props": {"every": 64}} if k == "CartPole-v1" else {})} for k, v in PPO_PRESETS.items()},
-)
-
 # PROPS under its authors' protocol (docs/protocols.md, "props: paper"): CleanRL-style PPO on one env with
 # 2048-step rollouts, b = 2, the behaviour policy adapted every 16 steps (discrete tasks) resp. 256 (Hopper),
 # and the authors' sampling-error estimator (frozen features, fixed budget) with its paired on-policy reference.
@@ -303,6 +294,25 @@ PROPS_PAPER_PRESETS = {
         props=dict(every=256, kl_coef=0.3, target_kl=0.05, minibatches=0, minibatch_size=240, epochs=16),
     ),
 }
+
+# PROPS: adaptive behaviour policy + buffer of the last 2 rollouts, PPO on the aggregate (Corrado & Hanna,
+# "On-Policy Policy Gradient RL Without On-Policy Sampling"). CartPole's 256-step rollout gets 4 adaptations.
+_on_policy(
+    name="props",
+    doc="PROPS: PPO on a buffer collected by an adaptive behaviour policy that lowers sampling error "
+    "(Corrado & Hanna, 'On-Policy Policy Gradient RL Without On-Policy Sampling')",
+    defaults=dict(sampler="props"),
+    presets={k: {**v, **({"props": {"every": 64}} if k == "CartPole-v1" else {})} for k, v in PPO_PRESETS.items()},
+    protocols={
+        "paper": Protocol(
+            doc="Corrado & Hanna's code: 1 env x 2048 steps, b = 2, adaptation every 16 steps (lambda 0, delta "
+            "0.01), their sampling-error estimator with the paired on-policy reference",
+            source="docs/protocols.md#props-paper",
+            defaults=PROPS_PAPER,
+            presets=PROPS_PAPER_PRESETS,
+        )
+    },
+)
 
 # PPO's tuned settings without its clip range, for methods whose loss has no clip (kl_proximal)
 _PPO_PRESETS_NO_CLIP = {env: {k: v for k, v in p.items() if k != "loss"} for env, p in PPO_PRESETS.items()}
