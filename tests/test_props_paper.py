@@ -167,3 +167,15 @@ def test_paper_protocol_values():
     hop = algos.build_config("props", sets={"protocol": "paper", "env_id": "Hopper-v5"})
     assert (hop.props.every, hop.props.kl_coef, hop.props.target_kl, hop.props.minibatch_size) == (256, 0.3, 0.05, 240)
     assert algos.build_config("props", sets={"env_id": "CartPole-v1"}).props.every == 64  # old preset unchanged
+
+
+def test_props_minibatches_split_the_current_buffer():
+    from policyopt.control.props import PropsSampler
+
+    cfg = _cfg(**{"props.minibatches": 4, "props.epochs": 3, "props.target_kl": 10.0, "props.minibatch_size": 1})
+    torch.manual_seed(0)
+    agent = ActorCritic(4, gym.spaces.Discrete(2), (8,))
+    rollout = {"obs": torch.randn(8, 2, 4), "act": torch.randint(0, 2, (8, 2)), "valid": torch.ones(8, 2)}
+    sampler = PropsSampler(cfg, agent, agent.dist)
+    # 6 steps x 2 envs = 12 samples -> minibatches of 3 -> 4 per epoch, 3 epochs (minibatch_size ignored)
+    assert sampler._adapt(6, agent, rollout)["props/steps"].item() == 12
