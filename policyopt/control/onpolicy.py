@@ -44,7 +44,7 @@ from policyopt.control.networks import ACTIVATIONS, ActorCritic
 from policyopt.control.normalize import ObsNormalizer, RewardNormalizer
 from policyopt.control.props import SAMPLERS, PropsConfig
 from policyopt.control.proximal import ADV_NORMS, PROXIMALS, EwmaConfig
-from policyopt.control.sampling_error import SAMPLING_ERRORS, MLEFitConfig
+from policyopt.control.sampling_error import SAMPLING_ERRORS, MLEFitConfig, OnPolicyReference
 from policyopt.errors import UserError
 from policyopt.losses import AGGREGATIONS, POLICY_LOSSES, Aggregator, PolicyLossConfig, value_loss
 from policyopt.optim import clip_grad_norm, make_optimizer
@@ -89,7 +89,7 @@ class OnPolicyConfig:
     learning_rate: float = opt(2.5e-4, "learning rate", check=positive)
     lr_schedule: str = opt("linear", "learning-rate schedule", choices=SCHEDULES)
     adam_eps: float = opt(1e-5, "optimizer epsilon", check=positive)
-    epochs: int = opt(4, "passes over each rollout", check=positive)
+    epochs: int = opt(4, "passes over each rollout (0 = no update: the target stays fixed)", check=nonneg)
     minibatch_size: int = opt(128, "samples per gradient step (must divide num_envs * n_steps)", check=positive)
     max_grad_norm: float | None = opt(0.5, "gradient norm clipping (None = off)", check=optional(positive))
     target_kl: float | None = opt(
@@ -122,10 +122,16 @@ class OnPolicyConfig:
         ),
     )
     sampling_error_mle: MLEFitConfig = dataclasses.field(default_factory=MLEFitConfig)
+    sampling_error_ref: bool = opt(
+        False,
+        "at each sampling-error measurement also measure a paired on-policy batch of the same size: the "
+        "update data's target policies re-rolled on separate environments (diag/sampling_error_ref)",
+    )
     # networks
     hidden: tuple[int, ...] = opt((64, 64), "hidden layer sizes", check=all_positive)
     activation: str = opt("tanh", "hidden activation", choices=ACTIVATIONS)
     ortho_init: bool = opt(True, "orthogonal initialization")
+    init_from: str = opt("", "start from the networks and observation normalizer of this run directory's checkpoint")
     log_std_init: float = opt(0.0, "initial log-std of Gaussian policies")
     action_squash: str = opt("clip", "Gaussian actions: clip to bounds or tanh-squash", choices=("clip", "tanh"))
     # normalization
@@ -247,6 +253,8 @@ class OnPolicyTrainer(Phases):
         )
         obs_dim = int(space.shape[0])
         self.obs_norm = ObsNormalizer((obs_dim,), cfg.norm_obs, cfg.clip_obs)
+        if cfg.init_from:
+            _init_from(cfg.init_from, self.agent, self.obs_norm)
         self.rew_norm = RewardNormalizer(cfg.num_envs, cfg.gamma, cfg.norm_reward, cfg.clip_reward)
         self.policy_loss = POLICY_LOSSES.get(cfg.policy_loss)
         self.advantage = ADVANTAGES.get(cfg.advantage)
@@ -268,7 +276,17 @@ class OnPolicyTrainer(Phases):
         self.region = TRUST_REGIONS.get(cfg.trust_region)(cfg, self.iterations)
         self.adv_norm = ADV_NORMS.get(cfg.adv_norm)(cfg)
         se_name = {True: "cheap", False: "off"}.get(cfg.sampling_error, cfg.sampling_error)  # old bool configs
-        self.sampling_error = SAMPLING_ERRORS.get(se_name)(cfg, self.agent)  # diagnostic: draws no random numbers
+        # diagnostics: their random numbers come from their own streams, so they never change training
+        self.sampling_error = SAMPLING_ERRORS.get(se_name)(cfg, self.agent, rng=run.seeds.torch("sampling_error_fit"))
+        self.reference = None
+        if cfg.sampling_error_ref:
+            policies = (self.sampler.blocks.maxlen or 0) + 1
+            self.reference = OnPolicyReference(cfg, self.agent, policies, run.seeds)
+            # its own estimator instance and stream: the training data's estimate does not depend on it
+            self.reference_error = SAMPLING_ERRORS.get(se_name)(
+                cfg, self.agent, rng=run.seeds.torch("sampling_error_ref_fit")
+            )
+            run.track("sampling_error_ref", self.reference)
         # exact KL(pi || pi_old) per state, only for the losses and controllers that read it
         self.needs_kl = "kl_old" in POLICY_LOSSES.meta(cfg.policy_loss).get("needs", ()) or self.region.needs_kl
         n_params = self.agent.dist_params(torch.zeros((1, obs_dim), device=self.device)).shape[-1]
@@ -318,6 +336,8 @@ class OnPolicyTrainer(Phases):
 
     def end(self, run: Run) -> None:
         self.envs.close()
+        if self.reference is not None:
+            self.reference.close()
 
     # ---- collect ---------------------------------------------------------------------------------------
     def begin_iteration(self, it: int) -> None:
@@ -334,6 +354,8 @@ class OnPolicyTrainer(Phases):
         )
         self.vf_clip = None if cfg.vf_clip is None else cfg.vf_clip * scale
         self.sampler.begin_iteration(self.agent)
+        if self.reference is not None:
+            self.reference.record(self.agent)
 
     @torch.no_grad()
     def collect(self, run: Run) -> Rollout:
@@ -374,7 +396,10 @@ class OnPolicyTrainer(Phases):
         self.batch = fb
         n = fb["obs"].shape[0]
         # PROPS' diagnostic: KL(empirical policy of the update data || pi_theta)
-        run.accumulate(self.sampling_error(run.iteration, agent, fb["obs"], fb["act"], fb["params"], fb["valid"]))
+        se = self.sampling_error(run.iteration, agent, fb["obs"], fb["act"], fb["params"], fb["valid"])
+        run.accumulate(se)
+        if se and self.reference is not None:
+            run.accumulate(self._reference_error(run.iteration, len(self.sampler.blocks) + 1))
         for _epoch in range(cfg.epochs):
             # one minibatch per epoch: the whole batch in order, no shuffle or gather needed
             perm = torch.randperm(n, device=self.device) if n > cfg.minibatch_size else None
@@ -387,6 +412,15 @@ class OnPolicyTrainer(Phases):
                 break
         self.sampler.push(rollout)
         return {}
+
+    def _reference_error(self, iteration: int, count: int) -> dict[str, torch.Tensor]:
+        """The same estimator on the paired on-policy batch, logged with the suffix ``_ref``."""
+        obs, act, valid = self.reference.collect(count, self.obs_norm)
+        obs, act, valid = obs.to(self.device), act.to(self.device), valid.to(self.device)
+        with torch.no_grad():
+            params = self.agent.dist_params(obs)
+        stats = self.reference_error(iteration, self.agent, obs, act, params, valid)
+        return {k.replace("diag/sampling_error", "diag/sampling_error_ref"): v for k, v in stats.items()}
 
     def _kl_on(self, idx):
         """Per-state KL in the controller's direction, for FixPO's fix-up phase."""
@@ -491,6 +525,16 @@ FAMILY = FAMILIES.register(
 def train(cfg: OnPolicyConfig, run_dir: str | Path, resume: bool = False, **run_info: Any) -> dict:
     """Train (or resume) an on-policy run in ``run_dir``; returns the final evaluation summary."""
     return execute(FAMILY, cfg, run_dir, resume, lambda run: [OnPolicyTrainer(cfg, run)], info=run_info)
+
+
+def _init_from(run_dir: str, agent: ActorCritic, obs_norm: ObsNormalizer) -> None:
+    """Load the networks and observation normalizer of ``run_dir``'s checkpoint (``init_from``)."""
+    path = checkpoint_path(run_dir)
+    if not Path(path).exists():
+        raise UserError(f"config key 'init_from'={run_dir!r} has no checkpoint ({path}); give a trained run directory")
+    state = load_checkpoint(path)
+    agent.load_state_dict(state["model"])
+    obs_norm.load_state_dict(state["obs_norm"])
 
 
 def load_agent(run_dir: str | Path):

@@ -67,6 +67,8 @@ SUPPORTED = {
     "trust_region": ("none",),
     "adv_norm": ("minibatch", "batch", "none"),
     "sampling_error": ("off", "cheap", False, True),
+    "sampling_error_ref": (False,),
+    "init_from": ("",),
     "optimizer": ("adam", "rmsprop"),
     "policy_loss": ("ppo_clip", "pg"),
     "aggregation": ("token-mean",),

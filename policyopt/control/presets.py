@@ -252,6 +252,49 @@ _on_policy(
 # ---- PROPS, MDPO, PPO-EWMA, FixPO: the same trainer with other boxes ----------------------------------------
 # Per-environment settings are PPO's tuned ones; each method only swaps a box.
 
+# PROPS under its authors' protocol (docs/protocols.md, "props: paper"): CleanRL-style PPO on one env with
+# 2048-step rollouts, b = 2, the behaviour policy adapted every 16 steps (discrete tasks) resp. 256 (Hopper),
+# and the authors' sampling-error estimator (frozen features, fixed budget) with its paired on-policy reference.
+PROPS_PAPER = dict(
+    num_envs=1,
+    n_steps=2048,
+    learning_rate=1e-3,
+    lr_schedule="constant",
+    gamma=0.99,
+    gae_lambda=0.95,
+    minibatch_size=256,  # 16 minibatches of the b * 2048 buffer
+    epochs=16,
+    adv_norm="minibatch",
+    loss={"clip_eps_low": 0.2},
+    clip_schedule="constant",
+    vf_clip=0.2,
+    vf_coef=0.5,
+    ent_coef=0.01,
+    max_grad_norm=0.5,
+    target_kl=0.03,
+    norm_obs=False,
+    norm_reward=False,
+    total_steps=500_000,
+    props=dict(buffer=2, every=16, clip=0.3, kl_coef=0.0, target_kl=0.01, lr=1e-3, epochs=16, minibatches=4),
+    sampling_error="mle",
+    sampling_error_ref=True,
+    sampling_error_mle=dict(
+        every=10, epochs=250, minibatches=4, freeze_layers=2, grad_clip=1.0, lr=1e-3, lr_start_factor=1.0, kl="sampled"
+    ),
+)
+PROPS_PAPER_PRESETS = {
+    # MuJoCo (the authors' continuous PROPS script and its tuned Hopper b = 2 run)
+    "Hopper-v5": dict(
+        minibatch_size=128,  # 32 minibatches
+        epochs=10,
+        lr_schedule="linear",
+        norm_obs=True,
+        norm_reward=True,
+        total_steps=1_000_000,
+        props=dict(every=256, kl_coef=0.3, target_kl=0.05, minibatches=0, minibatch_size=240, epochs=16),
+    ),
+}
+
 # PROPS: adaptive behaviour policy + buffer of the last 2 rollouts, PPO on the aggregate (Corrado & Hanna,
 # "On-Policy Policy Gradient RL Without On-Policy Sampling"). CartPole's 256-step rollout gets 4 adaptations.
 _on_policy(
@@ -260,6 +303,15 @@ _on_policy(
     "(Corrado & Hanna, 'On-Policy Policy Gradient RL Without On-Policy Sampling')",
     defaults=dict(sampler="props"),
     presets={k: {**v, **({"props": {"every": 64}} if k == "CartPole-v1" else {})} for k, v in PPO_PRESETS.items()},
+    protocols={
+        "paper": Protocol(
+            doc="Corrado & Hanna's code: 1 env x 2048 steps, b = 2, adaptation every 16 steps (lambda 0, delta "
+            "0.01), their sampling-error estimator with the paired on-policy reference",
+            source="docs/protocols.md#props-paper",
+            defaults=PROPS_PAPER,
+            presets=PROPS_PAPER_PRESETS,
+        )
+    },
 )
 
 # PPO's tuned settings without its clip range, for methods whose loss has no clip (kl_proximal)

@@ -39,6 +39,7 @@ from torch import Tensor
 from policyopt.config import in_range, nonneg, opt, positive
 from policyopt.losses import POLICY_LOSSES, Aggregator, PolicyBatch, PolicyLossConfig, masked_mean
 from policyopt.losses.policy import clip_stats, ratio_stats
+from policyopt.optim import LeanAdam, clip_grad_norm
 from policyopt.registry import Registry
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ class PropsConfig:
     lr: float = opt(1e-3, "behaviour-policy Adam step size", check=positive)
     epochs: int = opt(16, "passes over the buffer per adaptation (0 = PPO-BUFFER: on-policy sampling)", check=nonneg)
     minibatch_size: int = opt(256, "behaviour-policy minibatch size", check=positive)
+    minibatches: int = opt(
+        0, "instead split the buffer into this many minibatches per epoch (0 = use minibatch_size)", check=nonneg
+    )
     max_grad_norm: float = opt(0.5, "clip the behaviour update's gradient norm to this (0 = off)", check=nonneg)
 
 
@@ -158,7 +162,8 @@ class PropsSampler(OnPolicySampler):
         self.p = cfg.props
         self.blocks = collections.deque(maxlen=self.p.buffer - 1)
         self.behaviour = copy.deepcopy(agent)
-        self.optimizer = torch.optim.Adam(self.behaviour.parameters(), lr=self.p.lr, eps=cfg.adam_eps)
+        self.params = list(self.behaviour.parameters())
+        self.optimizer = LeanAdam(self.params, lr=self.p.lr, eps=cfg.adam_eps)  # fused Adam, as the trainer's
         self.loss_cfg = PolicyLossConfig(clip_eps_low=self.p.clip, proximal_coef=self.p.kl_coef)
         self.chunk = max(1, self.p.every // cfg.num_envs)
 
@@ -186,7 +191,8 @@ class PropsSampler(OnPolicySampler):
         with torch.no_grad():
             target = agent.dist_params(obs)
             logp_target = self.dist.log_prob(target, act)
-        n, mb = obs.shape[0], min(self.p.minibatch_size, obs.shape[0])
+        n = obs.shape[0]
+        mb = max(1, n // self.p.minibatches) if self.p.minibatches else min(self.p.minibatch_size, n)
         steps, last = 0, {}  # last: stats of the last minibatch seen
         for _ in range(self.p.epochs):
             perm = torch.randperm(n)
@@ -205,7 +211,7 @@ class PropsSampler(OnPolicySampler):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.p.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.behaviour.parameters(), self.p.max_grad_norm)
+                    clip_grad_norm(self.params, self.p.max_grad_norm)
                 self.optimizer.step()
                 steps += 1
         return self._stats(steps, last)
