@@ -61,10 +61,11 @@ PPO = {
 TRAIN_COMMON = {"protocol": "paper", "log_every": 2048, "sampling_error_mle": {"every": 2}}
 
 
-def scaled(quick: bool):
-    """(claim, seeds, fixed overrides, train steps, target steps): the full grid or a one-minute smoke check."""
+def scaled(quick: bool, train_seeds: int = 3):
+    """(claim, seeds, fixed overrides, train steps, target steps, training seeds, training overrides): the full
+    grid or a one-minute smoke check."""
     if not quick:
-        return "props_paper", list(range(1, 11)), {}, TRAIN_ENVS, TARGET_STEPS, 3, {}
+        return "props_paper", list(range(1, 11)), {}, TRAIN_ENVS, TARGET_STEPS, train_seeds, {}
     fixed = {"total_steps": 192, "sampling_error_mle": {"every": 1, "epochs": 20}}
     train = {"sampling_error_mle": {"every": 1, "epochs": 5}}
     return "props_paper_quick", [1], fixed, {k: 2048 for k in TRAIN_ENVS}, {k: 2048 for k in TARGET_STEPS}, 1, train
@@ -77,8 +78,8 @@ def merge(a: dict, b: dict) -> dict:
     return out
 
 
-def jobs(quick: bool):
-    claim, seeds, fixed_extra, train_steps, target_steps, train_seeds, train_extra = scaled(quick)
+def jobs(quick: bool, train_seeds: int = 3):
+    claim, seeds, fixed_extra, train_steps, target_steps, train_seeds, train_extra = scaled(quick, train_seeds)
     targets = {
         env: ((claim, f"targets/{env}", "ppo", {"env_id": env, "total_steps": n, "seed": 1, "log_every": 4096}))
         for env, n in target_steps.items()
@@ -219,11 +220,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, tiny sizes: a smoke check (~1-2 min)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--train-seeds", type=int, default=3, help="seeds of the training runs (fixed-target: 10)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    claim, todo = jobs(args.quick)
+    claim, todo = jobs(args.quick, args.train_seeds)
     if not args.report_only:
         for k, job in enumerate(todo):
             t = time.process_time()
