@@ -60,26 +60,21 @@ SB3_DEFAULTS = {
 }
 
 
-def run_ours(algo: str, env_id: str, steps: int, seed: int) -> dict:
+def sb3_config(algo: str, env_id: str, seed: int, steps: int, **extra):
+    """policyopt's config for ``algo`` at SB3's default hyper-parameters, without checkpoints, evaluations or
+    logging files (``extra``: more config values, e.g. ``threads``)."""
     from policyopt import algos
     from policyopt.config import resolve
+
+    quiet = dict(checkpoint_every=0, eval_every=0, tensorboard=False, progress=False, save_buffer=False)
+    run = dict(env_id=env_id, seed=seed, total_steps=steps, **quiet, **extra)
+    return resolve(algos.get(algo).config(), algos.get(algo).defaults, SB3_DEFAULTS[algo], run)
+
+
+def run_ours(algo: str, env_id: str, steps: int, seed: int) -> dict:
     from policyopt.control.offpolicy import train
 
-    cfg = resolve(
-        algos.get(algo).config(),
-        algos.get(algo).defaults,
-        SB3_DEFAULTS[algo],
-        dict(
-            env_id=env_id,
-            seed=seed,
-            total_steps=steps,
-            checkpoint_every=0,
-            eval_every=0,
-            tensorboard=False,
-            progress=False,
-            save_buffer=False,
-        ),
-    )
+    cfg = sb3_config(algo, env_id, seed, steps)
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         r = train(cfg, d)

@@ -46,44 +46,18 @@ EXPERIMENTS = {
 
 
 def _cfg(algo: str, env_id: str, seed: int, steps: int, threads: int):
-    from bench_speed import SB3_DEFAULTS
+    from bench_speed import sb3_config
 
-    from policyopt import algos
-    from policyopt.config import resolve
-
-    return resolve(
-        algos.get(algo).config(),
-        algos.get(algo).defaults,
-        SB3_DEFAULTS[algo],
-        dict(
-            env_id=env_id,
-            seed=seed,
-            total_steps=steps,
-            checkpoint_every=0,
-            eval_every=0,
-            tensorboard=False,
-            progress=False,
-            save_buffer=False,
-            threads=threads,
-        ),
-    )
+    return sb3_config(algo, env_id, seed, steps, threads=threads)
 
 
 # ---- workers (each a fresh process) -----------------------------------------------------------------------
 def worker_population(algo: str, env_id: str, seeds: list[int], steps: int, threads: int) -> dict:
-    from policyopt.control.offpolicy_population import population_unsupported, train_population
+    from ppo_cartpole import train_members
 
-    cfgs = [_cfg(algo, env_id, s, steps, threads) for s in seeds]
-    reason = population_unsupported(cfgs)
-    if reason:
-        raise SystemExit(f"population not supported: {reason}")
-    with tempfile.TemporaryDirectory() as d:
-        res = train_population(cfgs, [Path(d) / f"s{s}" for s in seeds])
-    return {
-        "seeds": seeds,
-        "eval_returns": [r["eval_return_mean"] for r in res],
-        "train_seconds": max(r["train_seconds"] for r in res),
-    }
+    from policyopt.control import offpolicy_population
+
+    return train_members(offpolicy_population, [_cfg(algo, env_id, s, steps, threads) for s in seeds])
 
 
 def worker_sb3(algo: str, env_id: str, seed: int, steps: int) -> dict:

@@ -43,20 +43,26 @@ def _cfg(seed: int, steps: int):
     )
 
 
-def worker_population(seeds: list[int], steps: int) -> dict:
-    from policyopt.control.population import population_unsupported, train_population
-
-    cfgs = [_cfg(s, steps) for s in seeds]
-    reason = population_unsupported(cfgs)
+def train_members(batched, cfgs: list) -> dict:
+    """Train ``cfgs`` as one population with the batched trainer module ``batched`` (its ``train_population``,
+    after ``population_unsupported`` agrees) in a temporary folder; the members' final evaluations and the
+    longest training time."""
+    reason = batched.population_unsupported(cfgs)
     if reason:
         raise SystemExit(f"population not supported: {reason}")
     with tempfile.TemporaryDirectory() as d:
-        res = train_population(cfgs, [Path(d) / f"s{s}" for s in seeds])
+        res = batched.train_population(cfgs, [Path(d) / f"s{c.seed}" for c in cfgs])
     return {
-        "seeds": seeds,
+        "seeds": [c.seed for c in cfgs],
         "eval_returns": [r["eval_return_mean"] for r in res],
         "train_seconds": max(r["train_seconds"] for r in res),
     }
+
+
+def worker_population(seeds: list[int], steps: int) -> dict:
+    from policyopt.control import population
+
+    return train_members(population, [_cfg(s, steps) for s in seeds])
 
 
 def worker_single(seed: int, steps: int) -> dict:
