@@ -265,6 +265,31 @@ CASES = {
     ),
     "--out not UTF-8": C(["train", "ppo", "--out", "bad\udcff"], ("b'bad\\xff'", "not valid UTF-8")),
     "--out holds a run": C(["train", "ppo", "--out", "run"], ("'run'", "already holds a run", "--resume"), run_copy()),
+    # authors' protocols, the empirical-policy fit, starting from a trained run
+    "--protocol unknown": C(["train", "fixpo", "--protocol", "nope"], ("'fixpo'", "'nope'", "protocols: paper")),
+    "--protocol on a preset without any": C(["train", "ppo", "--protocol", "paper"], ("'ppo'", "protocols: none")),
+    "freeze_layers >= actor layers": C(
+        [
+            "train",
+            "ppo",
+            "--env",
+            "CartPole-v1",
+            "--set",
+            "sampling_error=mle",
+            "--set",
+            "sampling_error_mle.freeze_layers=3",
+        ],
+        ("'sampling_error_mle.freeze_layers'=3", "3 linear layers"),
+    ),
+    "init_from without a checkpoint": C(
+        ["train", "ppo", "--env", "CartPole-v1", "--set", "init_from=nowhere"],
+        ("'init_from'='nowhere'", "no checkpoint"),
+    ),
+    "init_from a run of another env": C(
+        ["train", "ppo", "--env", "Pendulum-v1", "--total-steps", "4096", "--set", "init_from=run"],
+        ("'init_from'='run'", "actor.0.weight: [64, 4] vs [64, 3] here", "same environment"),
+        run_copy(),
+    ),
     # files that are not UTF-8 or not what they should be
     "config file not UTF-8": C(
         ["train", "ppo", "--config", "c.yaml"],

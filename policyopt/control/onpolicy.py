@@ -533,7 +533,20 @@ def _init_from(run_dir: str, agent: ActorCritic, obs_norm: ObsNormalizer) -> Non
     if not Path(path).exists():
         raise UserError(f"config key 'init_from'={run_dir!r} has no checkpoint ({path}); give a trained run directory")
     state = load_checkpoint(path)
-    agent.load_state_dict(state["model"])
+    model, own = state.get("model"), agent.state_dict()
+    if not isinstance(model, dict) or "obs_norm" not in state:
+        raise UserError(
+            f"config key 'init_from'={run_dir!r} is not an on-policy control run; give one trained by ppo & co."
+        )
+    for k in sorted(own.keys() | model.keys()):
+        here, there = own.get(k), model.get(k)
+        if here is None or there is None or here.shape != there.shape:
+            shapes = " vs ".join("absent" if t is None else str(list(t.shape)) for t in (there, here))
+            raise UserError(
+                f"config key 'init_from'={run_dir!r}: its networks do not fit this config ({k}: {shapes} here); "
+                "give a run of the same environment, hidden sizes and policy type"
+            )
+    agent.load_state_dict(model)
     obs_norm.load_state_dict(state["obs_norm"])
 
 
