@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ COMMON = {"tensorboard": False, "progress": False, "log_every": 256, "checkpoint
 
 
 def run_one(job, runs: Path = RUNS):
-    """Train ``job = (claim, variant, algo, sets)`` into ``runs/claim/variant/s<seed>`` unless finished."""
+    """Train ``job = (claim, variant, algo, sets)`` into ``runs/claim/variant/s<seed>`` unless finished; a run
+    left unfinished by a stopped sweep (and not running in another process) starts afresh (the runs keep no
+    checkpoint: ``checkpoint_every`` 0)."""
     claim, variant, algo, sets = job
     from policyopt import algos
 
@@ -37,6 +40,11 @@ def run_one(job, runs: Path = RUNS):
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     os.write(fd, str(os.getpid()).encode())
     os.close(fd)
+    for leftover in out.iterdir():
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        elif leftover != lock:
+            leftover.unlink()
     try:
         cfg = algos.build_config(algo, sets={**COMMON, **sets})
         algos.get(algo).load("train")(cfg, out)

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -106,22 +104,6 @@ def jobs(quick: bool = False) -> list[tuple]:
                 env, steps, sets = table[name]
                 out.append((CLAIM, name, "fixpo", {**sets, "env_id": env, "total_steps": steps, "seed": s}))
     return out
-
-
-def clear_partial(job: tuple, root: Path) -> None:
-    """Remove a run directory left unfinished by a stopped sweep (no eval.json, no live lock), so that
-    ``run_one`` starts it afresh (the runs keep no checkpoint to resume from: ``checkpoint_every`` 0)."""
-    out = root / job[0] / job[1] / f"s{job[3]['seed']}"
-    lock = out / ".lock"
-    if not out.exists() or (out / "eval.json").exists():
-        return
-    if lock.exists():
-        try:
-            os.kill(int(lock.read_text() or 0), 0)
-            return  # running in another process
-        except (OSError, ValueError):
-            pass
-    shutil.rmtree(out)
 
 
 def run_ratios(run: Path, total_steps: int) -> dict:
@@ -212,7 +194,6 @@ if __name__ == "__main__":
     root = Path("runs/seeds_claims_quick") if a.quick else RUNS
     if not a.report_only:
         for job in jobs(a.quick):
-            clear_partial(job, root)
             t = time.time()
             print("done", run_one(job, root), f"{time.time() - t:.1f}s", flush=True)
     out = report(root, root / "report" if a.quick else HERE, a.quick)
