@@ -307,9 +307,7 @@ class OnPolicyReference:
 
     def record(self, agent: ActorCritic) -> None:
         """Keep the target policy of the iteration that starts now (its actor and log-std)."""
-        self.policies.append({k: v.detach().clone() for k, v in agent.state_dict().items() if k.startswith("actor")})
-        if agent.log_std is not None:
-            self.policies[-1]["log_std"] = agent.log_std.detach().clone()
+        self.policies.append({k: v.clone() for k, v in agent.state_dict().items() if not k.startswith("critic.")})
 
     @torch.no_grad()
     def collect(self, count: int, obs_norm) -> tuple[Tensor, Tensor, Tensor]:
