@@ -169,8 +169,8 @@ class ActorCritic(nn.Module):
         if self.activation in _FUSED_ACTIVATIONS:
             lead = x.shape[:-1]
             x = x.reshape(-1, x.shape[-1])  # addmm wants matrices; rollout blocks come as (T, N, d)
-            # wb[-1]: a net with frozen leading layers still trains its output layer
-            if torch.is_grad_enabled() and (x.requires_grad or wb[0].requires_grad or wb[-1].requires_grad):
+            # any layer: a net with frozen leading layers still trains the others
+            if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in wb)):
                 out = _MLPFunction.apply(self.activation, x, *wb)
             else:
                 out = _mlp_forward(self.activation, x, wb)[0]
